@@ -1,0 +1,39 @@
+# sdegen developer commands. `make test` is what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install lint test test-fast docs demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+# lint, the whole test suite (slow statistical checks included), and a strict docs build
+test: install lint
+	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	$(BIN)/mkdocs build --strict -q -d /tmp/sdegen-site
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
+demo: install
+	$(BIN)/sdegen demo --out out
+
+bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) site out .pytest_cache .ruff_cache

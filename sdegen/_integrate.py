@@ -1,0 +1,95 @@
+"""Two ways to run a diffrax solver over a time interval.
+
+- `fixed_solve`: a fixed grid of times, one `solver.step` per interval inside a
+  `jax.lax.scan`. Any diffrax solver works; there is no adaptive-stepping machinery to
+  pay for, so this is as fast as a hand-written loop.
+- `adaptive_solve`: `diffrax.diffeqsolve` with a PID controller.
+"""
+
+import diffrax
+import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+
+
+def levy_area_for(solver: diffrax.AbstractSolver) -> type:
+    """The Brownian increment type a solver needs (Lévy area for SRK methods)."""
+    if isinstance(solver, diffrax.AbstractSRK):
+        minimal = solver.minimal_levy_area
+        if issubclass(diffrax.BrownianIncrement, minimal):
+            return diffrax.BrownianIncrement
+        if issubclass(diffrax.SpaceTimeLevyArea, minimal):
+            return diffrax.SpaceTimeLevyArea
+        return diffrax.SpaceTimeTimeLevyArea
+    return diffrax.BrownianIncrement
+
+
+def fixed_solve(terms, solver, ts, y0, *, args=None, save_trajectory: bool = False):
+    """Step `solver` over the grid `ts` (monotone, either direction for ODEs).
+
+    **Returns:** `(y1, ys)` where `ys` stacks `y0` and the state after every step when
+    `save_trajectory` is set, else `None`.
+    """
+    state = solver.init(terms, ts[0], ts[1], y0, args)
+
+    def body(carry, t01):
+        y, st = carry
+        y1, _, _, st, _ = solver.step(terms, t01[0], t01[1], y, args, st, False)
+        return (y1, st), (y1 if save_trajectory else None)
+
+    (y1, _), ys = lax.scan(body, (y0, state), jnp.stack([ts[:-1], ts[1:]], axis=-1))
+    if save_trajectory:
+        ys = jnp.concatenate([y0[None], ys], axis=0)
+    return y1, ys
+
+
+class AdaptiveResult(eqx.Module):
+    y1: jnp.ndarray
+    ys: jnp.ndarray | None
+    num_steps: jnp.ndarray
+    num_accepted_steps: jnp.ndarray
+
+
+def adaptive_solve(
+    terms,
+    solver,
+    t0,
+    t1,
+    y0,
+    *,
+    rtol,
+    atol,
+    dt0=None,
+    args=None,
+    save_ts=None,
+    max_steps=16**4,
+    adjoint=None,
+) -> AdaptiveResult:
+    """`diffrax.diffeqsolve` with a `PIDController(rtol, atol)`; optionally also saves
+    at `save_ts`."""
+    if save_ts is None:
+        saveat = diffrax.SaveAt(t1=True)
+    else:
+        saveat = diffrax.SaveAt(ts=save_ts)
+    kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args=args,
+        saveat=saveat,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        **kwargs,
+    )
+    ys = sol.ys
+    y1 = ys[-1]
+    return AdaptiveResult(
+        y1=y1,
+        ys=ys if save_ts is not None else None,
+        num_steps=sol.stats["num_steps"],
+        num_accepted_steps=sol.stats["num_accepted_steps"],
+    )

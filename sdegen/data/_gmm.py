@@ -1,0 +1,241 @@
+r"""Gaussian mixtures: data with exact scores and densities at every time $t$.
+
+Under a linear SDE with marginal kernel $\mathcal{N}(\alpha(t) x_0, \sigma(t)^2 I)$ a
+mixture $\sum_k w_k \mathcal{N}(\mu_k, \Sigma_k)$ stays a mixture,
+
+$$p_t = \sum_k w_k\,\mathcal{N}\big(\alpha(t)\mu_k,\ \alpha(t)^2\Sigma_k + \sigma(t)^2 I\big),$$
+
+so scores, densities and posteriors are available in closed form for testing.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.scipy as jsp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from .._custom_types import KeyArray, RealScalarLike, Scalar
+from .._misc import as_float_array, is_concrete
+from .._sde import AbstractSDE
+
+
+def _validate(means, covs, weights) -> None:
+    if means.ndim != 2:
+        raise ValueError(f"`means` must have shape (K, d), got shape {means.shape}.")
+    k, d = means.shape
+    if covs.shape != (k, d, d):
+        raise ValueError(
+            f"`covs` must have shape (K, d, d) = {(k, d, d)} to match `means`, got "
+            f"shape {covs.shape}."
+        )
+    if weights.shape != (k,):
+        raise ValueError(
+            f"`weights` must have shape (K,) = {(k,)} to match `means`, got shape "
+            f"{weights.shape}."
+        )
+    if not all(is_concrete(a) for a in (means, covs, weights)):
+        return
+    m, c, w = (np.asarray(a, dtype=np.float64) for a in (means, covs, weights))
+    for name, a in (("means", m), ("covs", c), ("weights", w)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"`{name}` contains non-finite values.")
+    if np.any(w <= 0):
+        raise ValueError(f"`weights` must all be positive, got {w.tolist()}.")
+    if abs(w.sum() - 1.0) > 1e-5:
+        raise ValueError(f"`weights` must sum to 1, got sum {w.sum():.8g}.")
+    if not np.allclose(c, np.swapaxes(c, -1, -2), rtol=1e-6, atol=1e-8):
+        raise ValueError("`covs` must be symmetric.")
+    eig = np.linalg.eigvalsh(c)
+    if np.any(eig <= 0):
+        bad = int(np.argmin(eig.min(axis=-1)))
+        raise ValueError(
+            f"`covs` must be positive definite; component {bad} has smallest "
+            f"eigenvalue {eig[bad].min():.3g}."
+        )
+
+
+def _mvn_logpdf_chol(x, mean, chol):
+    """log N(x; mean, L L^T) from the Cholesky factor L."""
+    d = x.shape[-1]
+    z = jsp.linalg.solve_triangular(chol, x - mean, lower=True)
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol)))
+    return -0.5 * jnp.sum(z**2) - half_logdet - 0.5 * d * math.log(2 * math.pi)
+
+
+class GaussianMixture(eqx.Module):
+    r"""A mixture $p(x) = \sum_{k=1}^K w_k\,\mathcal{N}(x;\ \mu_k, \Sigma_k)$ in
+    $\mathbb{R}^d$ with full covariances.
+
+    Used as data with known answers: its score and density under any
+    [`sdegen.AbstractSDE`][] are exact at every $t$ (see
+    [`sdegen.data.GaussianMixture.score`][]).
+    """
+
+    means: Float[Array, "K d"]
+    covs: Float[Array, "K d d"]
+    weights: Float[Array, " K"]
+
+    def __init__(
+        self,
+        means: Float[ArrayLike, "K d"],
+        covs: Float[ArrayLike, "K d d"],
+        weights: Float[ArrayLike, " K"],
+    ):
+        """**Arguments:**
+
+        - `means`: component means, shape `(K, d)`.
+        - `covs`: full symmetric positive-definite covariances, shape `(K, d, d)`.
+        - `weights`: positive mixture weights summing to 1, shape `(K,)`.
+
+        **Raises:** `ValueError` naming the argument when shapes disagree, weights are
+        not positive or do not sum to 1, or a covariance is not symmetric positive
+        definite.
+        """
+        means = as_float_array(means, "means")
+        covs = as_float_array(covs, "covs")
+        weights = as_float_array(weights, "weights")
+        _validate(means, covs, weights)
+        dtype = jnp.result_type(means, covs, weights)
+        self.means = means.astype(dtype)
+        self.covs = covs.astype(dtype)
+        self.weights = weights.astype(dtype)
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _check_x(self, x) -> Array:
+        x = jnp.asarray(x)
+        if x.shape != (self.dim,):
+            raise ValueError(
+                f"`x` must be one point of shape ({self.dim},), got shape {x.shape}; "
+                "use jax.vmap for a batch."
+            )
+        return x
+
+    def sample(self, key: KeyArray, n: int) -> Float[Array, "n d"]:
+        r"""Draw `n` points: a component $k \sim \mathrm{Cat}(w)$, then
+        $\mu_k + L_k z$ with $L_k L_k^\top = \Sigma_k$, $z \sim \mathcal{N}(0, I)$."""
+        if int(n) != n or n <= 0:
+            raise ValueError(f"`n` must be a positive int, got {n!r}.")
+        kc, kz = jr.split(key)
+        comp = jr.categorical(kc, jnp.log(self.weights), shape=(int(n),))
+        chol = jnp.linalg.cholesky(self.covs)
+        z = jr.normal(kz, (int(n), self.dim), self.means.dtype)
+        return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
+
+    def component_log_probs(self, x: Float[ArrayLike, " d"]) -> Float[Array, " K"]:
+        r"""$\log w_k + \log\mathcal{N}(x; \mu_k, \Sigma_k)$ for each component."""
+        x = self._check_x(x)
+        chol = jnp.linalg.cholesky(self.covs)
+        lp = jax.vmap(_mvn_logpdf_chol, in_axes=(None, 0, 0))(x, self.means, chol)
+        return lp + jnp.log(self.weights)
+
+    def log_prob(self, x: Float[ArrayLike, " d"]) -> Scalar:
+        r"""$\log p(x) = \operatorname{logsumexp}_k\big(\log w_k +
+        \log\mathcal{N}(x; \mu_k, \Sigma_k)\big)$ for one point `x` of shape `(d,)`."""
+        return jax.nn.logsumexp(self.component_log_probs(x))
+
+    def responsibilities(self, x: Float[ArrayLike, " d"]) -> Float[Array, " K"]:
+        r"""Posterior component probabilities $p(k \mid x)$ for one point."""
+        return jax.nn.softmax(self.component_log_probs(x))
+
+    def marginal(self, sde: AbstractSDE, t: RealScalarLike) -> "GaussianMixture":
+        r"""The mixture $p_t$ of $x_t$ under `sde`: means $\alpha(t)\mu_k$, covariances
+        $\alpha(t)^2\Sigma_k + \sigma(t)^2 I$, same weights."""
+        a, s = sde.alpha(t), sde.sigma(t)
+        eye = jnp.eye(self.dim, dtype=self.covs.dtype)
+        return GaussianMixture(a * self.means, a**2 * self.covs + s**2 * eye, self.weights)
+
+    def score(self, sde: AbstractSDE | None = None) -> "GaussianMixtureScore":
+        r"""The exact score $\nabla_x \log p_t(x)$ of the mixture diffused by `sde`,
+        as a callable `score(t, x)`; with `sde=None`, the score of $p$ itself
+        (`score(t, x)` ignores `t`)."""
+        return GaussianMixtureScore(self, sde)
+
+    def noise_conditional_score(self) -> "NoiseConditionalScore":
+        r"""The exact score of $p * \mathcal{N}(0, \sigma^2 I)$ as `score(sigma, x)`, the
+        noise-conditional score of NCSN (Song & Ermon 2019)."""
+        return NoiseConditionalScore(self)
+
+
+def _mixture_score(means, covs, weights, x):
+    r"""$\nabla\log\sum_k w_k\mathcal{N}(x;\mu_k,\Sigma_k) =
+    -\sum_k r_k(x)\,\Sigma_k^{-1}(x-\mu_k)$, with responsibilities $r_k$."""
+    chol = jnp.linalg.cholesky(covs)
+
+    def one(mean, c):
+        diff = x - mean
+        z = jsp.linalg.solve_triangular(c, diff, lower=True)
+        logpdf = (
+            -0.5 * jnp.sum(z**2)
+            - jnp.sum(jnp.log(jnp.diagonal(c)))
+            - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+        )
+        grad = -jsp.linalg.solve_triangular(c.T, z, lower=False)
+        return logpdf, grad
+
+    logpdf, grads = jax.vmap(one)(means, chol)
+    resp = jax.nn.softmax(logpdf + jnp.log(weights))
+    return resp @ grads
+
+
+class GaussianMixtureScore(eqx.Module):
+    r"""Exact score $\nabla_x\log p_t(x)$ of a [`sdegen.data.GaussianMixture`][]
+    diffused by an SDE; call as `score(t, x)` with one point `x` of shape `(d,)`."""
+
+    mixture: GaussianMixture
+    sde: AbstractSDE | None
+
+    def __call__(self, t: RealScalarLike, x: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        m = self.mixture
+        x = m._check_x(x)
+        if self.sde is None:
+            means, covs = m.means, m.covs
+        else:
+            a, s = self.sde.alpha(t), self.sde.sigma(t)
+            eye = jnp.eye(m.dim, dtype=m.covs.dtype)
+            means, covs = a * m.means, a**2 * m.covs + s**2 * eye
+        out = _mixture_score(means, covs, m.weights, x.astype(means.dtype))
+        return out.astype(jnp.result_type(x, out))
+
+
+class NoiseConditionalScore(eqx.Module):
+    r"""Exact $\nabla_x \log (p * \mathcal{N}(0, \sigma^2 I))(x)$ for a mixture $p$;
+    call as `score(sigma, x)`."""
+
+    mixture: GaussianMixture
+
+    def __call__(
+        self, sigma: RealScalarLike, x: Float[ArrayLike, " d"]
+    ) -> Float[Array, " d"]:
+        m = self.mixture
+        x = m._check_x(x)
+        eye = jnp.eye(m.dim, dtype=m.covs.dtype)
+        covs = m.covs + jnp.asarray(sigma, m.covs.dtype) ** 2 * eye
+        return _mixture_score(m.means, covs, m.weights, x.astype(m.means.dtype)).astype(
+            jnp.result_type(x, m.means)
+        )
+
+
+def eight_gaussians(
+    radius: float = 4.0, std: float = 0.3, dtype=None
+) -> GaussianMixture:
+    r"""The classic 2-D benchmark: 8 equal-weight isotropic Gaussians with std `std`
+    on a circle of radius `radius`."""
+    angles = np.arange(8) * (2 * np.pi / 8)
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    covs = np.tile((std**2) * np.eye(2), (8, 1, 1))
+    weights = np.full(8, 1 / 8)
+    dtype = dtype or jnp.zeros(()).dtype
+    return GaussianMixture(
+        jnp.asarray(means, dtype), jnp.asarray(covs, dtype), jnp.asarray(weights, dtype)
+    )

@@ -1,0 +1,53 @@
+"""Problems with known answers, shared by the tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sdegen as sg
+
+
+def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8):
+    return jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: jnp.allclose(a, b, rtol=rtol, atol=atol), x, y)
+    )
+
+
+def eight_gaussians():
+    """2-D: 8 equal Gaussians of std 0.3 on a circle of radius 4."""
+    return sg.data.eight_gaussians()
+
+
+def mixture_3d():
+    """3-D: three components with full, correlated covariances and unequal weights."""
+    means = np.array([[2.0, 0.0, -1.0], [-2.0, 1.5, 0.5], [0.0, -2.0, 2.0]])
+    a = np.array([[0.5, 0.2, 0.0], [0.1, 0.4, 0.15], [0.0, -0.2, 0.3]])
+    base = a @ a.T + 0.05 * np.eye(3)
+    covs = np.stack([base, 0.5 * base + 0.1 * np.ones((3, 3)) * 0.3, np.diag([0.2, 0.3, 0.1])])
+    covs = covs + 0.02 * np.eye(3)
+    weights = np.array([0.5, 0.3, 0.2])
+    return sg.data.GaussianMixture(jnp.asarray(means), jnp.asarray(covs), jnp.asarray(weights))
+
+
+SDES = {
+    "vp": lambda: sg.VPSDE(),
+    "subvp": lambda: sg.SubVPSDE(),
+    "ve": lambda: sg.VESDE(sigma_min=0.01, sigma_max=20.0),
+}
+
+
+def moment_errors(samples, mixture):
+    """Errors of the sample mean, covariance and component fractions against the
+    mixture's exact values."""
+    w, mu, cov = mixture.weights, mixture.means, mixture.covs
+    mean = jnp.sum(w[:, None] * mu, 0)
+    second = jnp.sum(w[:, None, None] * (cov + mu[:, :, None] * mu[:, None, :]), 0)
+    true_cov = second - mean[:, None] * mean[None, :]
+    emp_mean = jnp.mean(samples, 0)
+    emp_cov = jnp.cov(samples.T)
+    frac = sg.metrics.component_fractions(mixture, samples)
+    return (
+        float(jnp.max(jnp.abs(emp_mean - mean))),
+        float(jnp.max(jnp.abs(emp_cov - true_cov))),
+        float(jnp.max(jnp.abs(frac - w))),
+    )
