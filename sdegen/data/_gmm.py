@@ -58,12 +58,7 @@ def _validate(means, covs, weights) -> None:
         )
 
 
-def _mvn_logpdf_chol(x, mean, chol):
-    """log N(x; mean, L L^T) from the Cholesky factor L."""
-    d = x.shape[-1]
-    z = jsp.linalg.solve_triangular(chol, x - mean, lower=True)
-    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol)))
-    return -0.5 * jnp.sum(z**2) - half_logdet - 0.5 * d * math.log(2 * math.pi)
+_LOG_2PI = math.log(2 * math.pi)
 
 
 class GaussianMixture(eqx.Module):
@@ -134,10 +129,8 @@ class GaussianMixture(eqx.Module):
 
     def component_log_probs(self, x: Float[ArrayLike, " d"]) -> Float[Array, " K"]:
         r"""$\log w_k + \log\mathcal{N}(x; \mu_k, \Sigma_k)$ for each component."""
-        x = self._check_x(x)
-        chol = jnp.linalg.cholesky(self.covs)
-        lp = jax.vmap(_mvn_logpdf_chol, in_axes=(None, 0, 0))(x, self.means, chol)
-        return lp + jnp.log(self.weights)
+        x = self._check_x(x).astype(self.means.dtype)
+        return _components(self.means, self.covs, self.weights, x)[0]
 
     def log_prob(self, x: Float[ArrayLike, " d"]) -> Scalar:
         r"""$\log p(x) = \operatorname{logsumexp}_k\big(\log w_k +
@@ -153,7 +146,7 @@ class GaussianMixture(eqx.Module):
         $\alpha(t)^2\Sigma_k + \sigma(t)^2 I$, same weights."""
         a, s = sde.alpha(t), sde.sigma(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
-        return GaussianMixture(a * self.means, a**2 * self.covs + s**2 * eye, self.weights)
+        return GaussianMixture(a * self.means, a**2 * self.covs + s**2 * eye[None], self.weights)
 
     def score(self, sde: AbstractSDE | None = None) -> "GaussianMixtureScore":
         r"""The exact score $\nabla_x \log p_t(x)$ of the mixture diffused by `sde`,
@@ -167,25 +160,29 @@ class GaussianMixture(eqx.Module):
         return NoiseConditionalScore(self)
 
 
+def _components(means, covs, weights, x):
+    r"""Per component: $\log w_k + \log\mathcal{N}(x; \mu_k, \Sigma_k)$ and
+    $\Sigma_k^{-1}(x - \mu_k)$.
+
+    The precisions $\Sigma_k^{-1}$ come from Cholesky factors and depend on $t$ only,
+    so under `jax.vmap` over points they are computed once, and each point costs a
+    few small matrix-vector products."""
+    chol = jnp.linalg.cholesky(covs)
+    eye = jnp.eye(x.shape[-1], dtype=covs.dtype)
+    prec = jax.vmap(lambda c: jsp.linalg.cho_solve((c, True), eye))(chol)
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    diff = x[None, :] - means
+    m = jnp.einsum("kij,kj->ki", prec, diff)
+    d = x.shape[-1]
+    logpdf = -0.5 * jnp.sum(diff * m, axis=-1) - half_logdet - 0.5 * d * _LOG_2PI
+    return logpdf + jnp.log(weights), m
+
+
 def _mixture_score(means, covs, weights, x):
     r"""$\nabla\log\sum_k w_k\mathcal{N}(x;\mu_k,\Sigma_k) =
-    -\sum_k r_k(x)\,\Sigma_k^{-1}(x-\mu_k)$, with responsibilities $r_k$."""
-    chol = jnp.linalg.cholesky(covs)
-
-    def one(mean, c):
-        diff = x - mean
-        z = jsp.linalg.solve_triangular(c, diff, lower=True)
-        logpdf = (
-            -0.5 * jnp.sum(z**2)
-            - jnp.sum(jnp.log(jnp.diagonal(c)))
-            - 0.5 * x.shape[-1] * math.log(2 * math.pi)
-        )
-        grad = -jsp.linalg.solve_triangular(c.T, z, lower=False)
-        return logpdf, grad
-
-    logpdf, grads = jax.vmap(one)(means, chol)
-    resp = jax.nn.softmax(logpdf + jnp.log(weights))
-    return resp @ grads
+    -\sum_k r_k(x)\,\Sigma_k^{-1}(x-\mu_k)$, with responsibilities $r_k(x)$."""
+    logp, m = _components(means, covs, weights, x)
+    return -(jax.nn.softmax(logp) @ m)
 
 
 class GaussianMixtureScore(eqx.Module):
@@ -203,7 +200,7 @@ class GaussianMixtureScore(eqx.Module):
         else:
             a, s = self.sde.alpha(t), self.sde.sigma(t)
             eye = jnp.eye(m.dim, dtype=m.covs.dtype)
-            means, covs = a * m.means, a**2 * m.covs + s**2 * eye
+            means, covs = a * m.means, a**2 * m.covs + s**2 * eye[None]
         out = _mixture_score(means, covs, m.weights, x.astype(means.dtype))
         return out.astype(jnp.result_type(x, out))
 
@@ -220,7 +217,7 @@ class NoiseConditionalScore(eqx.Module):
         m = self.mixture
         x = m._check_x(x)
         eye = jnp.eye(m.dim, dtype=m.covs.dtype)
-        covs = m.covs + jnp.asarray(sigma, m.covs.dtype) ** 2 * eye
+        covs = m.covs + jnp.asarray(sigma, m.covs.dtype) ** 2 * eye[None]
         return _mixture_score(m.means, covs, m.weights, x.astype(m.means.dtype)).astype(
             jnp.result_type(x, m.means)
         )
