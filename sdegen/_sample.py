@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
+from ._custom_types import Array, DataLike, KeyArray, RealScalarLike
 from ._integrate import adaptive_solve, fixed_solve, levy_area_for
 from ._misc import (
     as_float_array,
@@ -146,7 +146,7 @@ def sample_sde(
     max_steps: int = 16**4,
     denoise: bool = False,
     return_trajectory: bool = False,
-) -> Data | tuple[Data, Data]:
+) -> Array | tuple[Array, Array]:
     r"""Draw one sample by solving the reverse-time SDE
     $\mathrm{d}x = [f(x, t) - g(t)^2 s(t, x)]\,\mathrm{d}t + g(t)\,\mathrm{d}\bar W$
     from $x_T \sim p_T$ (the prior) down to $t = \varepsilon$.
@@ -290,7 +290,7 @@ def encode(
     max_steps: int = 16**4,
     adjoint: diffrax.AbstractAdjoint | None = None,
     return_trajectory: bool = False,
-) -> Data | tuple[Data, Data]:
+) -> Array | tuple[Array, Array]:
     r"""Map data to its latent code $z = x(T)$ by solving the probability-flow ODE
     $\dot x = f(x, t) - \tfrac12 g(t)^2 s(t, x)$ forwards from $x(\varepsilon) = x_0$.
     The inverse of [`sdegen.decode`][] up to solver tolerance.
@@ -324,7 +324,7 @@ def decode(
     max_steps: int = 16**4,
     adjoint: diffrax.AbstractAdjoint | None = None,
     return_trajectory: bool = False,
-) -> Data | tuple[Data, Data]:
+) -> Array | tuple[Array, Array]:
     r"""Map a latent $z = x(T)$ back to data by solving the probability-flow ODE
     backwards from $T$ to $\varepsilon$. The inverse of [`sdegen.encode`][].
 
@@ -360,7 +360,7 @@ def sample_ode(
     max_steps: int = 16**4,
     denoise: bool = False,
     return_trajectory: bool = False,
-) -> Data | tuple[Data, Data]:
+) -> Array | tuple[Array, Array]:
     r"""Draw one sample by solving the probability-flow ODE
     $\dot x = f(x, t) - \tfrac12 g(t)^2 s(t, x)$ from $x_T \sim p_T$ down to
     $t = \varepsilon$ (Song et al. 2021, §4.3). Deterministic given the prior draw.

@@ -17,6 +17,7 @@ import math
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
+
 from ._custom_types import Data, KeyArray, RealScalarLike, Scalar
 from ._misc import check_shape_arg, concrete_float, default_float
 
