@@ -62,7 +62,10 @@ class MLPScore(eqx.Module):
 
 def _augmented_batch_fn(sde, score, trace, probes=None):
     """drift and divergence of the whole batch, (B, d) -> ((B, d), (B,))."""
-    drift = lambda t, x: sde.drift(t, x) - 0.5 * sde.diffusion(t) ** 2 * score(t, x)
+    def drift(t, x):
+        t = jnp.asarray(t, x.dtype)
+        out = sde.drift(t, x) - 0.5 * sde.diffusion(t) ** 2 * score(t, x)
+        return out.astype(x.dtype)
 
     def one(t, x, v):
         if trace == "exact":
@@ -217,7 +220,8 @@ def make_diffrax_batch(sde, score, trace, rtol, atol):
     def solve(xs, vs):
         term = diffrax.ODETerm(lambda t, y, args: fn(t, y[0], args))
         sol = diffrax.diffeqsolve(
-            term, diffrax.Tsit5(), EPS, sde.T, None,
+            term, diffrax.Tsit5(), jnp.asarray(EPS, xs.dtype),
+            jnp.asarray(sde.T, xs.dtype), None,
             (xs, jnp.zeros(xs.shape[0], xs.dtype)), args=vs,
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
             max_steps=4096,

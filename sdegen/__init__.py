@@ -2,21 +2,135 @@
 
 import importlib.metadata
 
-from . import data as data, metrics as metrics
+from . import data as data, metrics as metrics, nn as nn
+from ._checkpoint import (
+    CheckpointError as CheckpointError,
+    checkpoint_metadata as checkpoint_metadata,
+    latest_checkpoint as latest_checkpoint,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
+from ._classifier import (
+    TimeClassifier as TimeClassifier,
+    classifier_loss as classifier_loss,
+    train_classifier as train_classifier,
+)
+from ._discrete import (
+    VPEpsModel as VPEpsModel,
+    cosine_beta_schedule as cosine_beta_schedule,
+    ddim_sample as ddim_sample,
+    ddpm_sample as ddpm_sample,
+    linear_beta_schedule as linear_beta_schedule,
+    vp_alphas_cumprod as vp_alphas_cumprod,
+    vp_betas as vp_betas,
+    vp_eps_model as vp_eps_model,
+)
+from ._distributed import (
+    batch_sharding as batch_sharding,
+    check_divisible as check_divisible,
+    distributed_initialize as distributed_initialize,
+    is_main_process as is_main_process,
+    load_checkpoint_replicated as load_checkpoint_replicated,
+    log_likelihood_many as log_likelihood_many,
+    make_mesh as make_mesh,
+    map_in_chunks as map_in_chunks,
+    replicate as replicate,
+    replicated_sharding as replicated_sharding,
+    sample_many as sample_many,
+    save_checkpoint_main as save_checkpoint_main,
+    shard_batch as shard_batch,
+    sharded_step as sharded_step,
+    to_host as to_host,
+)
+from ._guidance import (
+    Chain as Chain,
+    ClassifierFreeGuidedScore as ClassifierFreeGuidedScore,
+    ClassifierGuidedScore as ClassifierGuidedScore,
+    chain as chain,
+    classifier_free_guidance as classifier_free_guidance,
+    classifier_guidance as classifier_guidance,
+)
 from ._integrate import fixed_solve as fixed_solve
+from ._inverse import (
+    DPSScore as DPSScore,
+    MixturePosterior as MixturePosterior,
+    MixturePosteriorScore as MixturePosteriorScore,
+    colorize as colorize,
+    decoupling_matrix as decoupling_matrix,
+    dps_guidance as dps_guidance,
+    inpaint as inpaint,
+    mixture_posterior as mixture_posterior,
+    solve_inverse as solve_inverse,
+)
+from ._langevin import (
+    annealed_langevin as annealed_langevin,
+    max_pairwise_distance as max_pairwise_distance,
+    sigma_ladder as sigma_ladder,
+)
+from ._likelihood import (
+    LikelihoodStats as LikelihoodStats,
+    bits_per_dim as bits_per_dim,
+    dequantize as dequantize,
+    log_likelihood as log_likelihood,
+    log_likelihood_batch as log_likelihood_batch,
+)
+from ._losses import (
+    WEIGHTINGS as WEIGHTINGS,
+    ddpm_loss as ddpm_loss,
+    dsm_loss as dsm_loss,
+    geometric_sigmas as geometric_sigmas,
+    ism_loss as ism_loss,
+    ncsn_loss as ncsn_loss,
+    single_ddpm_loss as single_ddpm_loss,
+    single_dsm_loss as single_dsm_loss,
+    single_ism_loss as single_ism_loss,
+    single_ncsn_loss as single_ncsn_loss,
+    single_ssm_loss as single_ssm_loss,
+    ssm_loss as ssm_loss,
+)
+from ._pc import (
+    PC_STEPS as PC_STEPS,
+    AbstractCorrector as AbstractCorrector,
+    AbstractPredictor as AbstractPredictor,
+    AncestralPredictor as AncestralPredictor,
+    LangevinCorrector as LangevinCorrector,
+    NoCorrector as NoCorrector,
+    PCStepInfo as PCStepInfo,
+    ReverseDiffusionPredictor as ReverseDiffusionPredictor,
+    SolverPredictor as SolverPredictor,
+    pc_sample as pc_sample,
+)
 from ._sample import (
     decode as decode,
     encode as encode,
     sample_ode as sample_ode,
     sample_sde as sample_sde,
 )
-from ._sde import AbstractSDE as AbstractSDE, SubVPSDE as SubVPSDE, VESDE as VESDE, VPSDE as VPSDE
-from ._solver_table import SOLVERS as SOLVERS, SolverInfo as SolverInfo, solver as solver
+from ._sde import (
+    VESDE as VESDE,
+    VPSDE as VPSDE,
+    AbstractSDE as AbstractSDE,
+    EDMSDE as EDMSDE,
+    SubVPSDE as SubVPSDE,
+)
+from ._solver_table import (
+    SOLVERS as SOLVERS,
+    SolverInfo as SolverInfo,
+    solver as solver,
+)
 from ._terms import (
+    ScalarDiffusionTerm as ScalarDiffusionTerm,
     forward_terms as forward_terms,
     probability_flow_term as probability_flow_term,
     reverse_terms as reverse_terms,
-    ScalarDiffusionTerm as ScalarDiffusionTerm,
+)
+from ._train import (
+    TrainConfig as TrainConfig,
+    TrainState as TrainState,
+    ema_update as ema_update,
+    make_optimizer as make_optimizer,
+    make_step as make_step,
+    train as train,
 )
 
 

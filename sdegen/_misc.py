@@ -73,7 +73,8 @@ def error_if_not_finite(x: jax.Array, name: str) -> jax.Array:
     import equinox as eqx
 
     if is_concrete(x):
-        if not bool(jnp.all(jnp.isfinite(x))):
+        # numpy, not jnp: under an outer jit, jnp on a closed-over constant traces.
+        if not np.all(np.isfinite(np.asarray(x))):
             raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
         return x
     return eqx.error_if(

@@ -256,3 +256,46 @@ VESDE.__init__.__doc__ = r"""**Arguments:**
 - `sigma_max`: $\sigma(1)$, the prior's std, default 50.0 (must exceed `sigma_min`).
 - `T`: final time, default 1.0.
 """
+
+
+class EDMSDE(AbstractSDE):
+    r"""The SDE of Karras et al. 2022 ("EDM"), $\sigma(t) = t$:
+
+    $$\mathrm{d}x = \sqrt{2t}\,\mathrm{d}W, \qquad t \in [0, T],\ T = \sigma_{\max}.$$
+
+    Marginals: $\alpha(t) = 1$, $\sigma(t) = t$ (data at $t = 0$ is clean). Prior
+    $\mathcal{N}(0, T^2 I)$. Time *is* the noise level, so $\varepsilon$ plays the role of
+    EDM's $\sigma_{\min}$ (0.002 in the paper).
+    """
+
+    T: float = 80.0
+
+    def __check_init__(self):
+        _check_T(self.T)
+
+    def alpha(self, t: RealScalarLike) -> Scalar:
+        r"""$\alpha(t) = 1$."""
+        return jnp.ones_like(_as_time(t))
+
+    def sigma(self, t: RealScalarLike) -> Scalar:
+        r"""$\sigma(t) = t$."""
+        return _as_time(t)
+
+    def drift(self, t: RealScalarLike, x: Data) -> Data:
+        r"""$f(x, t) = 0$."""
+        return jnp.zeros_like(x)
+
+    def diffusion(self, t: RealScalarLike) -> Scalar:
+        r"""$g(t) = \sqrt{2t}$."""
+        return jnp.sqrt(2 * _as_time(t))
+
+    @property
+    def prior_std(self) -> float:
+        r"""$T = \sigma_{\max}$."""
+        return float(self.T)
+
+
+EDMSDE.__init__.__doc__ = r"""**Arguments:**
+
+- `T`: final time, equal to the largest noise level $\sigma_{\max}$ (default 80).
+"""

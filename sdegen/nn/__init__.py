@@ -1,0 +1,17 @@
+"""Score networks (equinox Modules called unbatched as `model(t, x)`), time and label
+embeddings, and parametrisations that turn a network into a score."""
+
+from ._embedding import (
+    AbstractEmbedding as AbstractEmbedding,
+    FourierFeatures as FourierFeatures,
+    LabelEmbedding as LabelEmbedding,
+    SinusoidalEmbedding as SinusoidalEmbedding,
+)
+from ._mlp import MLP as MLP
+from ._param import (
+    AbstractParametrisation as AbstractParametrisation,
+    EDMPreconditioner as EDMPreconditioner,
+    NoiseParam as NoiseParam,
+    ScoreParam as ScoreParam,
+)
+from ._unet import UNet as UNet

@@ -1,0 +1,274 @@
+r"""Parametrisations: turn a network $F$ into a score
+$s(t, x) \approx \nabla_x\log p_t(x)$.
+
+For a linear SDE with perturbation kernel $x_t = \alpha(t) x_0 + \sigma(t)\varepsilon$,
+the score, the noise and the clean data are affine in one another (Tweedie's formula):
+
+$$s = -\frac{\varepsilon}{\sigma},\qquad
+\hat x_0 = \mathbb{E}[x_0 \mid x_t] = \frac{x + \sigma^2 s}{\alpha},\qquad
+\hat\varepsilon = -\sigma s.$$
+
+Every parametrisation here writes the score as one affine function of the network's
+output,
+
+$$s(t, x) = a(t)\,x + b(t)\,F\big(c_{\text{noise}}(t),\ c_{\text{in}}(t)\,x\big),$$
+
+so [`sdegen.nn.AbstractParametrisation`][] implements `__call__`, `denoise` and `eps`
+once and each concrete class only gives its four coefficients.
+"""
+
+import abc
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .._custom_types import KeyArray, RealScalarLike, Scalar
+from .._sde import AbstractSDE
+
+
+def _as_time(t):
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        t = t.astype(jnp.zeros(()).dtype)
+    return t
+
+
+def _check_net(net) -> None:
+    if not callable(net):
+        raise ValueError(
+            f"`net` must be a callable net(t, x) -> Array, got {type(net).__name__}."
+        )
+
+
+def _check_sde(sde, optional: bool = False) -> None:
+    if sde is None and optional:
+        return
+    if not isinstance(sde, AbstractSDE):
+        raise ValueError(
+            f"`sde` must be an sdegen.AbstractSDE (e.g. sdegen.VPSDE()), got "
+            f"{type(sde).__name__}."
+        )
+
+
+def _call_net(net, t, x, label, key):
+    kwargs: dict[str, Any] = {}
+    if label is not None:
+        kwargs["label"] = label
+    if key is not None:
+        kwargs["key"] = key
+    return net(t, x, **kwargs)
+
+
+class AbstractParametrisation(eqx.Module):
+    r"""A score model $s(t, x) = a(t)\,x + b(t)\,F(c_{\text{noise}}(t),
+    c_{\text{in}}(t)\,x)$ built from a network $F$ called as `net(t, x, *, label,
+    key)`.
+
+    Subclasses give the coefficients in `score_coefficients`; the score (`__call__`),
+    the Tweedie denoiser (`denoise`) and the noise prediction (`eps`) are shared.
+    Called unbatched as `param(t, x, *, label=None, key=None)`, like any score
+    function.
+    """
+
+    net: eqx.AbstractVar[Callable]
+    sde: eqx.AbstractVar[AbstractSDE | None]
+
+    @abc.abstractmethod
+    def score_coefficients(
+        self, t: RealScalarLike
+    ) -> tuple[Scalar, Scalar, Scalar, Scalar]:
+        r"""The coefficients $(a, b, c_{\text{in}}, c_{\text{noise}})$ at time $t$,
+        with $s(t, x) = a\,x + b\,F(c_{\text{noise}}, c_{\text{in}} x)$."""
+
+    def __call__(
+        self,
+        t: RealScalarLike,
+        x: Float[ArrayLike, "*data"],
+        *,
+        label: Int[ArrayLike, ""] | None = None,
+        key: KeyArray | None = None,
+    ) -> Float[Array, "*data"]:
+        r"""The score $s(t, x) \approx \nabla_x \log p_t(x)$.
+
+        **Arguments:**
+
+        - `t`: scalar time.
+        - `x`: one example.
+        - `label`: optional class label, passed on to the network (`None`: not passed,
+          which conditional sdegen networks read as the null class).
+        - `key`: optional PRNG key, passed on to the network (dropout).
+
+        **Returns:** an array of `x`'s shape.
+        """
+        x = jnp.asarray(x)
+        a, b, c_in, c_noise = self.score_coefficients(t)
+        f = jnp.asarray(_call_net(self.net, c_noise, c_in * x, label, key))
+        if f.shape != x.shape:
+            raise ValueError(
+                f"`net` must return an array of the input's shape {x.shape}, got shape "
+                f"{f.shape}."
+            )
+        return a * x + b * f
+
+    def _sde_or_raise(self, what: str) -> AbstractSDE:
+        if self.sde is None:
+            raise ValueError(
+                f"`{what}` needs the SDE's alpha(t) and sigma(t): build the "
+                f"parametrisation with `sde=...`."
+            )
+        return self.sde
+
+    def denoise(
+        self,
+        t: RealScalarLike,
+        x: Float[ArrayLike, "*data"],
+        *,
+        label: Int[ArrayLike, ""] | None = None,
+        key: KeyArray | None = None,
+    ) -> Float[Array, "*data"]:
+        r"""Tweedie's estimate of the clean data,
+        $\hat x_0(t, x) = \big(x + \sigma(t)^2 s(t, x)\big)/\alpha(t)$ (Efron 2011)."""
+        sde = self._sde_or_raise("denoise")
+        x = jnp.asarray(x)
+        s = self(t, x, label=label, key=key)
+        return (x + sde.sigma(t) ** 2 * s) / sde.alpha(t)
+
+    def eps(
+        self,
+        t: RealScalarLike,
+        x: Float[ArrayLike, "*data"],
+        *,
+        label: Int[ArrayLike, ""] | None = None,
+        key: KeyArray | None = None,
+    ) -> Float[Array, "*data"]:
+        r"""The noise prediction $\hat\varepsilon(t, x) = -\sigma(t)\, s(t, x)$, the
+        estimate of $\varepsilon$ in $x = \alpha(t) x_0 + \sigma(t)\varepsilon$."""
+        sde = self._sde_or_raise("eps")
+        return -sde.sigma(t) * self(t, x, label=label, key=key)
+
+
+class ScoreParam(AbstractParametrisation):
+    r"""Direct score parametrisation: $s(t, x) = F(t, x)$ (Song & Ermon 2019;
+    Song et al. 2021). `sde` is optional and only needed for `denoise` and `eps`."""
+
+    net: Callable
+    sde: AbstractSDE | None = None
+
+    def __check_init__(self):
+        _check_net(self.net)
+        _check_sde(self.sde, optional=True)
+
+    def score_coefficients(self, t):
+        t = _as_time(t)
+        return jnp.zeros_like(t), jnp.ones_like(t), jnp.ones_like(t), t
+
+
+class NoiseParam(AbstractParametrisation):
+    r"""Noise-prediction parametrisation (Ho et al. 2020): the network predicts
+    $\varepsilon$ in $x = \alpha(t) x_0 + \sigma(t)\varepsilon$, and
+    $s(t, x) = -F(t, x)/\sigma(t)$."""
+
+    net: Callable
+    sde: AbstractSDE
+
+    def __check_init__(self):
+        _check_net(self.net)
+        _check_sde(self.sde)
+
+    def score_coefficients(self, t):
+        t = _as_time(t)
+        return jnp.zeros_like(t), -1 / self.sde.sigma(t), jnp.ones_like(t), t
+
+
+class EDMPreconditioner(AbstractParametrisation):
+    r"""Data-prediction parametrisation with the preconditioning of Karras et al. 2022
+    ("Elucidating the Design Space of Diffusion-Based Generative Models", EDM),
+    written for a general kernel $x = \alpha(t) x_0 + \sigma(t)\varepsilon$.
+
+    With the scaled input $\tilde x = x/\alpha$ and noise level
+    $\tilde\sigma = \sigma/\alpha$ (so $\tilde x = x_0 + \tilde\sigma\varepsilon$),
+    the denoiser is
+
+    $$D(t, x) = c_{\text{skip}}(\tilde\sigma)\,\tilde x +
+    c_{\text{out}}(\tilde\sigma)\,F\big(c_{\text{noise}}(\tilde\sigma),\
+    c_{\text{in}}(\tilde\sigma)\,\tilde x\big),$$
+
+    $$c_{\text{skip}} = \frac{\sigma_d^2}{\tilde\sigma^2 + \sigma_d^2},\quad
+    c_{\text{out}} = \frac{\tilde\sigma\,\sigma_d}{\sqrt{\tilde\sigma^2 + \sigma_d^2}},
+    \quad c_{\text{in}} = \frac{1}{\sqrt{\tilde\sigma^2 + \sigma_d^2}},\quad
+    c_{\text{noise}} = \tfrac14\log\tilde\sigma,$$
+
+    and the score is $s(t, x) = (\alpha D - x)/\sigma^2$. Note that the network
+    is called with $c_{\text{noise}}$ in place of $t$. For the VE SDE ($\alpha = 1$)
+    this is exactly EDM's Table 1.
+    """
+
+    net: Callable
+    sde: AbstractSDE
+    sigma_data: float = 0.5
+
+    def __check_init__(self):
+        _check_net(self.net)
+        _check_sde(self.sde)
+        sd = self.sigma_data
+        if not (isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0):
+            raise ValueError(f"`sigma_data` must be a finite float > 0, got {sd!r}.")
+
+    def sigma_tilde(self, t: RealScalarLike) -> Scalar:
+        r"""$\tilde\sigma(t) = \sigma(t)/\alpha(t)$, EDM's noise level of $x/\alpha$."""
+        return self.sde.sigma(t) / self.sde.alpha(t)
+
+    def c_skip(self, t: RealScalarLike) -> Scalar:
+        r"""$c_{\text{skip}} = \sigma_d^2/(\tilde\sigma^2 + \sigma_d^2)$."""
+        st = self.sigma_tilde(t)
+        return self.sigma_data**2 / (st**2 + self.sigma_data**2)
+
+    def c_out(self, t: RealScalarLike) -> Scalar:
+        r"""$c_{\text{out}} = \tilde\sigma\sigma_d /
+        \sqrt{\tilde\sigma^2 + \sigma_d^2}$."""
+        st = self.sigma_tilde(t)
+        return st * self.sigma_data / jnp.sqrt(st**2 + self.sigma_data**2)
+
+    def c_in(self, t: RealScalarLike) -> Scalar:
+        r"""$c_{\text{in}} = 1/\sqrt{\tilde\sigma^2 + \sigma_d^2}$ (applied to
+        $\tilde x = x/\alpha$)."""
+        st = self.sigma_tilde(t)
+        return 1 / jnp.sqrt(st**2 + self.sigma_data**2)
+
+    def c_noise(self, t: RealScalarLike) -> Scalar:
+        r"""$c_{\text{noise}} = \tfrac14\log\tilde\sigma$."""
+        return 0.25 * (jnp.log(self.sde.sigma(t)) - jnp.log(self.sde.alpha(t)))
+
+    def score_coefficients(self, t):
+        r"""From $s = (\alpha D - x)/\sigma^2$: $a = -1/(\alpha^2(\tilde\sigma^2 +
+        \sigma_d^2)) = -1/(\sigma^2 + \alpha^2\sigma_d^2)$, $b = \alpha c_{\text{out}}
+        /\sigma^2 = \sigma_d/(\sigma\sqrt{\tilde\sigma^2 + \sigma_d^2})$, and the
+        input scale $c_{\text{in}}/\alpha = 1/\sqrt{\sigma^2 + \alpha^2\sigma_d^2}$."""
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        sd2 = self.sigma_data**2
+        v = sigma**2 + alpha**2 * sd2
+        a = -1 / v
+        b = self.sigma_data * alpha / (sigma * jnp.sqrt(v))
+        return a, b, 1 / jnp.sqrt(v), self.c_noise(t)
+
+
+ScoreParam.__init__.__doc__ = r"""**Arguments:**
+
+- `net`: a network (or any callable) `net(t, x)` returning the score.
+- `sde`: optional [`sdegen.AbstractSDE`][], needed for `denoise` and `eps`.
+"""
+NoiseParam.__init__.__doc__ = r"""**Arguments:**
+
+- `net`: a network `net(t, x)` predicting the noise $\varepsilon$.
+- `sde`: the [`sdegen.AbstractSDE`][] whose $\sigma(t)$ converts noise to score.
+"""
+EDMPreconditioner.__init__.__doc__ = r"""**Arguments:**
+
+- `net`: the raw network $F$, called as `net(c_noise, c_in * x / alpha)`.
+- `sde`: the [`sdegen.AbstractSDE`][] giving $\alpha(t)$ and $\sigma(t)$.
+- `sigma_data`: the data's standard deviation $\sigma_d$, default 0.5 (EDM).
+"""

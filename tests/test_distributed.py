@@ -1,0 +1,277 @@
+"""Data parallelism with jax.sharding: sharded training steps, sharded chunked
+sampling and likelihoods, checkpoints across device counts, error messages.
+
+The 4-device checks run in a subprocess (tests/_distributed_worker.py) started with
+`XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu`, because the
+number of host devices is fixed when JAX starts. This process has one CPU device: it
+writes the 1-device checkpoint that the worker resumes on 4 devices, and resumes the
+worker's 4-device checkpoint with `sdegen.train`.
+
+Tolerances (float64): the sharded step differs from the single-device one only by
+the order of the gradient's summation over the batch, i.e. by rounding, ~1e-16
+relative; after 4 Adam steps we allow 1e-9, against parameter changes of ~1e-2 over
+the run (an error in the reduction, e.g. a sum instead of a mean or one shard's
+gradient, shows up at ~1e-3). Samples go through the same per-sample computation in
+vmapped chunks of different sizes; batched matrix products may round differently, so
+we allow 1e-9 (samples are O(1)).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import sdegen as sg
+from sdegen._train import iterate_batches
+
+
+WORKER = Path(__file__).with_name("_distributed_worker.py")
+NUM_STEPS = 4
+SDE = sg.VPSDE()
+# Must match tests/_distributed_worker.py.
+CFG = sg.TrainConfig(num_steps=NUM_STEPS, batch_size=32, lr=1e-2, warmup=2,
+                     grad_clip=1.0, ema_decay=0.9, seed=3, log_every=1,
+                     ckpt_every=None)  # fmt: skip
+STEP_TOL = 1e-9
+SAMPLE_TOL = 1e-9
+
+
+def _data():
+    return np.asarray(sg.data.eight_gaussians().sample(jr.key(0), 256))
+
+
+def _model():
+    return sg.nn.NoiseParam(sg.nn.MLP(2, 16, 2, embed_dim=8, key=jr.key(1)), SDE)
+
+
+def _loss(model, batch, key):
+    return sg.dsm_loss(model, SDE, batch, key)
+
+
+def _arrays(tree):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(sg.to_host(tree))
+            if isinstance(a, np.ndarray)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """Write a 1-device checkpoint here, run the 4-device worker, then resume the
+    worker's 4-device checkpoint here on one device."""
+    d = tmp_path_factory.mktemp("distributed")
+    half = sg.TrainConfig.from_dict({**CFG.to_dict(), "num_steps": 2})
+    sg.train(_model(), _loss, _data(), half, ckpt_dir=d / "ckpt1", progress=False)
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(WORKER), str(d)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    res = json.loads(lines[0][len("RESULT ") :])
+
+    state, history = sg.train(_model(), _loss, _data(), CFG, ckpt_dir=d / "ckpt4",
+                              progress=False)  # fmt: skip
+    ref = np.load(d / "ref.npz")
+    ref_leaves = [ref[f"a{i}"] for i in range(len(ref.files) - 1)]
+    mine = _arrays((state.model, state.ema_model, state.opt_state))
+    assert len(mine) == len(ref_leaves)
+    res["resume_4_to_1_diff"] = max(
+        float(np.max(np.abs(a - b))) for a, b in zip(mine, ref_leaves)
+    )
+    res["resume_4_to_1_losses"] = state.losses.tolist()
+    res["ref_losses"] = ref["losses"].tolist()
+    res["resume_4_to_1_first_log"] = history["log"][0]
+    return res
+
+
+def test_worker_saw_four_devices(four_devices):
+    assert four_devices["devices"] == 4
+
+
+def test_sharded_step_matches_single_device(four_devices):
+    r = four_devices
+    # The comparison is meaningful: the parameters moved by far more than the tolerance.
+    assert r["param_change"] > 1e3 * STEP_TOL
+    assert r["step_param_diff"] < STEP_TOL
+    assert r["step_loss_diff"] < STEP_TOL
+    # Parameters replicated on all 4 devices; the batch split 4 ways (32 -> 4 x 8).
+    assert r["params_replicated"] and r["params_num_devices"] == 4
+    assert r["batch_shard_shapes"] == [[8, 2]] * 4
+
+
+def test_sharding_errors_are_clear(four_devices):
+    r = four_devices
+    assert r["step_error"] is not None
+    assert "global batch size 10 is not divisible by the size 4" in r["step_error"]
+    assert "multiple of 4" in r["step_error"]
+    assert "global batch size 6 is not divisible by the size 4" in r["shard_error"]
+    assert "`chunk_size` 6 is not divisible by the size 4" in r["chunk_error"]
+
+
+def test_sharded_sampling_matches_unsharded(four_devices):
+    r = four_devices
+    assert r["sample_shape"] == [37, 2]
+    assert r["sample_finite"]
+    assert r["sample_scale"] > 0.1
+    assert r["sample_diff_4"] < SAMPLE_TOL
+
+
+def test_sharded_likelihood_matches_batch(four_devices):
+    r = four_devices
+    assert r["loglik_shape"] == [10]
+    # Fixed-step Heun with the same Hutchinson probes (fold_in(key, i)): the same
+    # arithmetic per example, up to batched rounding.
+    assert r["loglik_diff"] < 1e-9
+    assert r["loglik_nfe_equal"]
+
+
+def test_checkpoint_one_device_resumes_on_four(four_devices):
+    r = four_devices
+    assert r["ckpt1_name"] == "step_000000002.ckpt"
+    assert r["loaded_replicated_on"] == 4
+    assert r["resume_1_to_4_diff"] < STEP_TOL
+    assert r["resume_1_to_4_loss_diff"] < STEP_TOL
+
+
+def test_checkpoint_four_devices_resumes_on_one(four_devices):
+    r = four_devices
+    # sdegen.train resumed the worker's file (its log record says so) ...
+    assert r["resume_4_to_1_first_log"].get("written_on_devices") == 4
+    # ... and finished the run exactly as the single-device reference.
+    assert r["resume_4_to_1_diff"] < STEP_TOL
+    np.testing.assert_allclose(r["resume_4_to_1_losses"], r["ref_losses"], rtol=0,
+                               atol=STEP_TOL)  # fmt: skip
+
+
+# ---------------------------------------------------------------- one device
+
+
+def test_make_mesh():
+    mesh = sg.make_mesh()
+    assert mesh.axis_names == ("data",)
+    assert mesh.shape["data"] == jax.device_count()
+    assert sg.make_mesh(1, "batch").axis_names == ("batch",)
+    with pytest.raises(ValueError, match=r"`num_devices` must be an int in \[1, "):
+        sg.make_mesh(0)
+    with pytest.raises(ValueError, match=r"`num_devices` must be an int in \[1, "):
+        sg.make_mesh(jax.device_count() + 1)
+    with pytest.raises(ValueError, match="`axis_name` must be a non-empty string"):
+        sg.make_mesh(1, "")
+    with pytest.raises(ValueError, match="`axis_name` 'model' is not an axis"):
+        sg.shard_batch(jnp.zeros((4, 2)), mesh, axis_name="model")
+
+
+def test_shard_batch_and_replicate_one_device():
+    mesh = sg.make_mesh(1)
+    x, y = jnp.arange(12.0).reshape(6, 2), jnp.arange(6)
+    xs, ys = sg.shard_batch((x, y), mesh)
+    assert xs.sharding.spec == jax.sharding.PartitionSpec("data")
+    np.testing.assert_array_equal(np.asarray(xs), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(y))
+    rep = sg.replicate(_model(), mesh)
+    leaf = jax.tree_util.tree_leaves(eqx.filter(rep, eqx.is_array))[0]
+    assert leaf.sharding.is_fully_replicated
+    with pytest.raises(ValueError, match="must share their leading"):
+        sg.shard_batch((x, jnp.arange(5)), mesh)
+    with pytest.raises(ValueError, match="needs a leading batch axis"):
+        sg.shard_batch(jnp.zeros(()), mesh)
+
+
+def test_map_in_chunks_pads_and_keeps_order():
+    # A pytree in, a pytree out; N = 10 is not a multiple of the chunk size 4, so the
+    # last chunk is padded and the padding dropped.
+    xs = {"a": np.arange(10.0), "b": np.arange(20.0).reshape(10, 2)}
+    fn = lambda d: (d["a"] * 2, d["b"].sum())
+    out2, outs = sg.map_in_chunks(fn, xs, chunk_size=4, mesh=sg.make_mesh(1))
+    assert isinstance(out2, np.ndarray) and out2.shape == (10,)
+    np.testing.assert_array_equal(out2, 2 * np.arange(10.0))
+    np.testing.assert_array_equal(outs, np.arange(20.0).reshape(10, 2).sum(1))
+    # One chunk larger than N: computed once, same answer.
+    out_big, _ = sg.map_in_chunks(fn, xs, chunk_size=1024)
+    np.testing.assert_array_equal(out_big, out2)
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
+        sg.map_in_chunks(fn, xs, chunk_size=0)
+
+
+def test_sample_many_does_not_depend_on_chunk_size(getkey):
+    model = _model()
+    sampler = eqx.Partial(
+        lambda m, k: sg.sample_sde(k, SDE, m, (2,), "euler_maruyama", num_steps=8),
+        model,
+    )
+    key = getkey()
+    plain = np.asarray(jax.vmap(sampler)(jr.split(key, 11)))
+    a = sg.sample_many(key, 11, sampler, chunk_size=3, progress=True)
+    assert a.shape == (11, 2)
+    np.testing.assert_allclose(a, plain, rtol=0, atol=SAMPLE_TOL)
+    # Different keys give different samples.
+    assert np.max(np.abs(a[0] - a[1])) > 1e-3
+    with pytest.raises(ValueError, match="`n` must be a positive int"):
+        sg.sample_many(key, 0, sampler)
+
+
+def test_sample_many_legacy_uint32_keys():
+    sampler = lambda k: jr.normal(k, (3,))
+    key = jr.PRNGKey(4)
+    out = sg.sample_many(key, 5, sampler, chunk_size=2)
+    np.testing.assert_array_equal(out, np.asarray(jax.vmap(sampler)(jr.split(key, 5))))
+
+
+def test_sharded_step_one_device_matches_plain():
+    optimizer = sg.make_optimizer(CFG)
+    step = sg.make_step(_loss, optimizer, None)
+    sstep = sg.sharded_step(step, sg.make_mesh(1))
+    data = _data()
+    batch = next(iterate_batches(data, CFG.batch_size, CFG.seed))
+    outs = []
+    donating = sg.sharded_step(step, sg.make_mesh(1), donate_argnums=(0, 1, 2))
+    for f in (step, sstep, donating):
+        model, ema = _model(), _model()  # separate buffers: make_step donates
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        outs.append(f(model, ema, opt_state, batch, jr.key(2)))
+    for other in outs[1:]:
+        assert max(float(np.max(np.abs(a - b)))
+                   for a, b in zip(_arrays(outs[0]), _arrays(other))) < STEP_TOL  # fmt: skip
+    # The program can be inspected before it runs.
+    model, ema = _model(), _model()
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    text = sstep.lower(model, ema, opt_state, batch, jr.key(2)).as_text()
+    assert "sharding" in text
+    with pytest.raises(ValueError, match="`batch_argnums` must hold argument"):
+        sg.sharded_step(step, sg.make_mesh(1), batch_argnums=7)(1, 2)
+
+
+def test_checkpoint_helpers_round_trip(tmp_path):
+    mesh = sg.make_mesh(1)
+    state = sg.replicate({"w": jnp.arange(6.0).reshape(3, 2), "n": jnp.int32(3)},
+                         mesh)  # fmt: skip
+    path = tmp_path / "c.ckpt"
+    sg.save_checkpoint_main(path, state, {"x": 1}, step=5)
+    like = {"w": jnp.zeros((3, 2)), "n": jnp.int32(0)}
+    back = sg.load_checkpoint_replicated(path, like, mesh)
+    np.testing.assert_array_equal(np.asarray(back["w"]), np.asarray(state["w"]))
+    assert int(back["n"]) == 3 and back["w"].sharding.is_fully_replicated
+    assert sg.checkpoint_metadata(path)["step"] == 5
+    assert sg.is_main_process()
+
+
+def test_distributed_initialize_validates():
+    with pytest.raises(ValueError, match="`num_processes` must be an int >= 1"):
+        sg.distributed_initialize("localhost:1234", num_processes=0, process_id=0)
+    with pytest.raises(ValueError, match="`process_id` must be an int in"):
+        sg.distributed_initialize("localhost:1234", num_processes=2, process_id=2)
