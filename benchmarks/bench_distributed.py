@@ -17,7 +17,7 @@ right shape. `--accelerator` instead measures in this process on the real defaul
 backend (e.g. one GPU) with the devices it has.
 
     python benchmarks/bench_distributed.py [--devices 1 2 4] [--batch 256]
-        [--train-steps 20] [--samples 4096] [--chunk 1024] [--sample-steps 100]
+        [--train-steps 10] [--samples 2048] [--chunk 512] [--sample-steps 50]
         [--width 128] [--repeats 3] [--accelerator]
 """
 
@@ -33,10 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--batch", type=int, default=256, help="global training batch")
-    p.add_argument("--train-steps", type=int, default=20, help="timed steps per run")
-    p.add_argument("--samples", type=int, default=4096)
-    p.add_argument("--chunk", type=int, default=1024, help="sample_many chunk size")
-    p.add_argument("--sample-steps", type=int, default=100, help="Euler-Maruyama steps")
+    p.add_argument("--train-steps", type=int, default=10, help="timed steps per run")
+    p.add_argument("--samples", type=int, default=2048)
+    p.add_argument("--chunk", type=int, default=512, help="sample_many chunk size")
+    p.add_argument("--sample-steps", type=int, default=50, help="Euler-Maruyama steps")
     p.add_argument("--width", type=int, default=128, help="MLP width")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--accelerator", action="store_true",

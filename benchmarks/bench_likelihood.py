@@ -237,6 +237,13 @@ def make_diffrax_batch(sde, score, trace, rtol, atol):
 
 def _row(rows, problem, method, trace, t, nfe, err_ref, err_an=None, spread=None):
     rows.append((problem, method, trace, t, nfe, err_ref, err_an, spread))
+    print("  " + _line(rows[-1]), flush=True)  # progress, as each row is measured
+
+
+def _line(row):
+    p, m, tr, t, nfe, e_ref, e_an, spread = row
+    return (f"| {p} | {m} | {tr} | {_fmt(t, '.3f')} | {_fmt(nfe, 'd')} | "
+            f"{_fmt(e_ref, '.2e')} | {_fmt(e_an, '.2e')} | {_fmt(spread, '.3f')} |")  # fmt: skip
 
 
 def bench_problem(kind, n, rtol, atol, key, rows, with_hutch=True, chunk=None):
@@ -347,9 +354,8 @@ def main(argv=None):
     print("| problem | method | trace | time (s) | NFE | err vs f64 ref (nats) "
           "| err vs analytic | Hutchinson spread |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for p, m, tr, t, nfe, e_ref, e_an, spread in rows:
-        print(f"| {p} | {m} | {tr} | {_fmt(t, '.3f')} | {_fmt(nfe, 'd')} | "
-              f"{_fmt(e_ref, '.2e')} | {_fmt(e_an, '.2e')} | {_fmt(spread, '.3f')} |")
+    for row in rows:
+        print(_line(row))
     return rows
 
 

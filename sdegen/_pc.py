@@ -109,7 +109,7 @@ class AncestralPredictor(AbstractPredictor):
     score_sde `AncestralSamplingPredictor`).
 
     - VP ([`sdegen.VPSDE`][]): the DDPM step with
-      $\beta_i = 1 - \alpha(t_1)^2 / \alpha(t_0)^2 = 1 - e^{-\int_{t_1}^{t_0}\beta}$
+      $\beta_i = 1 - \alpha(t_0)^2 / \alpha(t_1)^2 = 1 - e^{-\int_{t_1}^{t_0}\beta}$
       (the discrete $\beta$ whose cumulative product matches the SDE's marginals;
       $\approx \beta(t_0)\Delta t$, the first-order value score_sde uses):
       $\bar x = (x + \beta_i s(t_0, x)) / \sqrt{1 - \beta_i}$,
@@ -140,7 +140,7 @@ class AncestralPredictor(AbstractPredictor):
 
 
 def _discrete_beta(sde: VPSDE, t0, t1):
-    r"""$1 - \alpha(t_1)^2/\alpha(t_0)^2 = -\mathrm{expm1}(-(B(t_0) - B(t_1)))$."""
+    r"""$1 - \alpha(t_0)^2/\alpha(t_1)^2 = -\mathrm{expm1}(-(B(t_0) - B(t_1)))$."""
     return -jnp.expm1(-(sde.integral_beta(t0) - sde.integral_beta(t1)))
 
 

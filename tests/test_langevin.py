@@ -96,7 +96,8 @@ def test_annealing_recovers_weights_plain_langevin_does_not():
 def test_annealed_langevin_reproduces_mixture():
     gmm = eight_gaussians()
     sigmas = sg.sigma_ladder(10, 0.01, 10.0)
-    x = batch(lambda k: sg.annealed_langevin(k, iso_nc(gmm), sigmas, (2,), 100, 1e-5,
+    score = iso_nc(gmm)
+    x = batch(lambda k: sg.annealed_langevin(k, score, sigmas, (2,), 100, 1e-5,
                                              denoise=True))  # fmt: skip
     check_mixture(x, gmm)
 

@@ -112,6 +112,7 @@ def test_unet_shapes_and_conditioning(channels, size, getkey):
     assert not jnp.allclose(out[2], out[3])  # label
 
 
+@pytest.mark.slow
 def test_unet_vmap_grad_dropout(getkey):
     net = sg.nn.UNet(1, key=getkey(), base_channels=8, num_groups=4, dropout=0.3)
     xs = jr.normal(getkey(), (3, 1, 8, 8))

@@ -43,10 +43,11 @@ def mode_spread(gmm, x):
 
 
 # Tolerances for n = 1000 samples (Monte-Carlo std in brackets): mean 0.3 (0.09),
-# covariance 0.8 (about 0.25), component fractions 0.045 (0.0105), MMD against 4000
-# exact samples 0.008 (null value about 0.002).
+# covariance 0.8 (about 0.25), component fractions 0.045 (0.0105); squared MMD (biased
+# V-statistic) against 4000 exact samples 0.012, where exact samples give about 0.0067
+# (measured in benchmarks/bench_samplers.py) and 10-step samplers 0.015 to 0.1.
 N_SAMPLES = 1000
-MEAN_TOL, COV_TOL, FRAC_TOL, MMD_TOL = 0.3, 0.8, 0.045, 0.008
+MEAN_TOL, COV_TOL, FRAC_TOL, MMD_TOL = 0.3, 0.8, 0.045, 0.012
 
 
 def check_mixture(x, gmm):
@@ -149,7 +150,7 @@ def test_trajectory_denoise_and_x_init():
 
 def test_ancestral_vp_step_is_ddpm():
     """One VP ancestral step from t0 to t1 is the DDPM step with
-    beta = 1 - alpha(t1)^2 / alpha(t0)^2."""
+    beta = 1 - alpha(t0)^2 / alpha(t1)^2."""
     sde = sg.VPSDE()
     score = lambda t, x: -x * (1 + t)
     x = jnp.array([0.3, -1.2])
@@ -159,7 +160,7 @@ def test_ancestral_vp_step_is_ddpm():
     )
     z = path.evaluate(sde.T - t0, sde.T - t1) / jnp.sqrt(t0 - t1)
     out = sg.AncestralPredictor().step(sde, score, path, t0, t1, x)
-    beta = 1 - (sde.alpha(t1) / sde.alpha(t0)) ** 2
+    beta = 1 - (sde.alpha(t0) / sde.alpha(t1)) ** 2
     expected = (x + beta * score(t0, x)) / jnp.sqrt(1 - beta) + jnp.sqrt(beta) * z
     np.testing.assert_allclose(out, expected, rtol=1e-12)
     ve = sg.VESDE(0.01, 20.0)
@@ -208,7 +209,7 @@ def test_pc_errors():
     with pytest.raises(ValueError, match="`corrector_steps` must be a positive int"):
         sg.pc_sample(key, sde, score, (2,), corrector_steps=0)
     with pytest.raises(ValueError, match="`num_steps` must be a positive int"):
-        sg.pc_sample(key, sde, score, (2,), num_steps=2.5)
+        sg.pc_sample(key, sde, score, (2,), num_steps=0)
     with pytest.raises(ValueError, match="`eps` must satisfy"):
         sg.pc_sample(key, sde, score, (2,), eps=1.5)
     with pytest.raises(ValueError, match="`x_init` must have shape"):

@@ -136,7 +136,9 @@ def fig_sdes():
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for i, (name, sde) in enumerate(sdes.items()):
         axes[0].plot(ts, jax.vmap(sde.alpha)(ts), color=f"C{i}", label=f"{name} α(t)")
-        axes[0].plot(ts, jax.vmap(sde.sigma)(ts), "--", color=f"C{i}", label=f"{name} σ(t)")
+        axes[0].plot(
+            ts, jax.vmap(sde.sigma)(ts), "--", color=f"C{i}", label=f"{name} σ(t)"
+        )
     axes[0].set_ylim(0, 2.0)
     axes[0].set_xlabel("t")
     axes[0].legend(fontsize=7, ncol=3)
@@ -177,7 +179,9 @@ def fig_reverse():
     n = 60
     keys = jr.split(jr.key(4), n)
     _, tr_sde = jax.vmap(
-        lambda k: sg.sample_sde(k, sde, score, (2,), num_steps=300, return_trajectory=True)
+        lambda k: sg.sample_sde(
+            k, sde, score, (2,), num_steps=300, return_trajectory=True
+        )
     )(keys)
     _, tr_ode = jax.vmap(
         lambda k: sg.sample_ode(
@@ -193,7 +197,14 @@ def fig_reverse():
         for i in range(n):
             ax.plot(tr[i, :, 0], tr[i, :, 1], lw=0.5, color="C1", alpha=0.7)
         ax.scatter(tr[:, 0, 0], tr[:, 0, 1], s=6, color="k", zorder=3, label="$x_T$")
-        ax.scatter(tr[:, -1, 0], tr[:, -1, 1], s=6, color="C3", zorder=3, label="$x_\\varepsilon$")
+        ax.scatter(
+            tr[:, -1, 0],
+            tr[:, -1, 1],
+            s=6,
+            color="C3",
+            zorder=3,
+            label="$x_\\varepsilon$",
+        )
         _square(ax, title)
     axes[0].legend(fontsize=7, loc="lower left")
     _save(fig, "reverse.png")
@@ -209,8 +220,12 @@ def fig_ddpm_ddim():
     betas = sg.vp_betas(sde, n_t)
     keys = jr.split(jr.key(5), N)
     ddpm = jax.vmap(lambda k: sg.ddpm_sample(k, eps_model, betas, (2,)))(keys)
-    ddim10 = jax.vmap(lambda k: sg.ddim_sample(k, eps_model, acp, (2,), num_steps=10))(keys)
-    ddim50 = jax.vmap(lambda k: sg.ddim_sample(k, eps_model, acp, (2,), num_steps=50))(keys)
+    ddim10 = jax.vmap(lambda k: sg.ddim_sample(k, eps_model, acp, (2,), num_steps=10))(
+        keys
+    )
+    ddim50 = jax.vmap(lambda k: sg.ddim_sample(k, eps_model, acp, (2,), num_steps=50))(
+        keys
+    )
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
     for ax, x, title in [
         (axes[0], ddpm, "DDPM, 1000 steps"),
@@ -228,12 +243,12 @@ def fig_pc():
     score = GMM.score(sde)
     keys = jr.split(jr.key(6), N)
     kw = dict(num_steps=20)
-    pred = jax.vmap(
-        lambda k: sg.pc_sample(k, sde, score, (2,), corrector=None, **kw)
-    )(keys)
-    pc = jax.vmap(
-        lambda k: sg.pc_sample(k, sde, score, (2,), corrector_steps=2, **kw)
-    )(keys)
+    pred = jax.vmap(lambda k: sg.pc_sample(k, sde, score, (2,), corrector=None, **kw))(
+        keys
+    )
+    pc = jax.vmap(lambda k: sg.pc_sample(k, sde, score, (2,), corrector_steps=2, **kw))(
+        keys
+    )
     ref = GMM.sample(jr.key(7), N)
     m_pred = float(sg.metrics.mmd(pred, ref))
     m_pc = float(sg.metrics.mmd(pc, ref))
@@ -275,9 +290,9 @@ def fig_guidance():
     inp = jax.vmap(lambda k: sg.inpaint(k, sde, score, y, mask, num_steps=500))(keys)
     post = sg.mixture_posterior(GMM, y, mask=mask, noise_std=0.0)
     post_score = sg.MixturePosteriorScore(post, sde)
-    exact = jax.vmap(
-        lambda k: sg.sample_sde(k, sde, post_score, (2,), num_steps=500)
-    )(keys)
+    exact = jax.vmap(lambda k: sg.sample_sde(k, sde, post_score, (2,), num_steps=500))(
+        keys
+    )
     fig, axes = plt.subplots(1, 2, figsize=(6.5, 3.4))
     for ax, x, title in [
         (axes[0], inp, "inpaint: replacement sampler"),

@@ -10,11 +10,14 @@ r"""Embeddings of a scalar time / noise level into a vector, for conditioning ne
 
 import abc
 import math
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import KeyArray, RealScalarLike
@@ -185,3 +188,72 @@ def check_label(label, label_embedding: "LabelEmbedding | None") -> None:
             "`label` was given but the network is unconditional; build it with "
             "`num_classes=K` to condition on labels."
         )
+
+
+def init_params(build: Callable[[Any], Any], key: KeyArray) -> Any:
+    r"""Call `build(key)` to create a tree of layers, but draw the parameters on the
+    host with NumPy (seeded from `key`'s raw data) instead of with one JAX random
+    kernel per layer shape.
+
+    Eager initialisation of a network with a few dozen differently-shaped layers
+    compiles one small threefry kernel per shape, which costs tens of CPU seconds for
+    a U-Net; here the structure comes from `eqx.filter_eval_shape` (no compilation)
+    and the values from the same distributions equinox uses: $\mathcal{U}(-1/\sqrt{
+    \text{fan-in}}, 1/\sqrt{\text{fan-in}})$ for `Linear`/`Conv` weights and biases,
+    ones and zeros for `GroupNorm`/`LayerNorm`, $\mathcal{N}(0, 1)$ for `Embedding`,
+    $\mathcal{N}(0, s^2)$ for [`sdegen.nn.FourierFeatures`][]. If `key` is traced
+    (e.g. models built under `jax.vmap`), `build(key)` is called as is.
+    """
+    if not is_concrete(key):
+        return build(key)
+    skeleton = eqx.filter_eval_shape(build, key)
+    raw = jr.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    rng = np.random.default_rng(np.asarray(raw).astype(np.uint32).ravel().tolist())
+    dtype = default_float()
+
+    def uniform(struct, lim):
+        if struct is None:
+            return None
+        return jnp.asarray(rng.uniform(-lim, lim, struct.shape), struct.dtype)
+
+    def fill(layer):
+        if isinstance(layer, eqx.nn.Linear | eqx.nn.Conv):
+            lim = 1 / math.sqrt(max(1, math.prod(layer.weight.shape[1:])))
+            new = (uniform(layer.weight, lim), uniform(layer.bias, lim))
+            return eqx.tree_at(
+                lambda m: (m.weight, m.bias), layer, new, is_leaf=lambda x: x is None
+            )
+        if isinstance(layer, eqx.nn.GroupNorm | eqx.nn.LayerNorm):
+            if layer.weight is None:
+                return layer
+            new = (
+                jnp.ones(layer.weight.shape, layer.weight.dtype),
+                jnp.zeros(layer.bias.shape, layer.bias.dtype),
+            )
+            return eqx.tree_at(lambda m: (m.weight, m.bias), layer, new)
+        if isinstance(layer, eqx.nn.Embedding):
+            w = rng.standard_normal(layer.weight.shape)
+            return eqx.tree_at(lambda m: m.weight, layer, jnp.asarray(w, dtype))
+        if isinstance(layer, FourierFeatures):
+            w = layer.scale * rng.standard_normal(layer.W.shape)
+            return eqx.tree_at(lambda m: m.W, layer, jnp.asarray(w, layer.W.dtype))
+        return layer
+
+    layer_types = (
+        eqx.nn.Linear,
+        eqx.nn.Conv,
+        eqx.nn.GroupNorm,
+        eqx.nn.LayerNorm,
+        eqx.nn.Embedding,
+        FourierFeatures,
+    )
+    out = jax.tree_util.tree_map(
+        fill, skeleton, is_leaf=lambda x: isinstance(x, layer_types)
+    )
+    if any(
+        isinstance(leaf, jax.ShapeDtypeStruct)
+        for leaf in jax.tree_util.tree_leaves(out)
+    ):
+        # a layer type without a host-side rule: fall back to JAX initialisation
+        return build(key)
+    return out

@@ -8,7 +8,45 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import KeyArray, RealScalarLike
 from .._misc import default_float
-from ._embedding import AbstractEmbedding, FourierFeatures, LabelEmbedding, check_label
+from ._embedding import (
+    AbstractEmbedding,
+    FourierFeatures,
+    LabelEmbedding,
+    check_label,
+    init_params,
+)
+
+
+def _build_mlp(key, e, data_size, width, depth, num_classes):
+    """Create the layers (all but the time embedding, of size `e`)."""
+    dtype = default_float()
+    kt1, kt2, klab, kin, kout, khid = jr.split(key, 6)
+    time_mlp = (
+        eqx.nn.Linear(e, width, dtype=dtype, key=kt1),
+        eqx.nn.Linear(width, width, dtype=dtype, key=kt2),
+    )
+    label_embedding = (
+        None if num_classes is None else LabelEmbedding(num_classes, width, key=klab)
+    )
+    layer_in = eqx.nn.Linear(data_size + width, width, dtype=dtype, key=kin)
+    keys = jr.split(khid, 2 * (depth - 1)) if depth > 1 else []
+    hidden = [
+        eqx.nn.Linear(width, width, dtype=dtype, key=keys[2 * i])
+        for i in range(depth - 1)
+    ]
+    cond_proj = [
+        eqx.nn.Linear(width, width, dtype=dtype, key=keys[2 * i + 1])
+        for i in range(depth - 1)
+    ]
+    layer_out = eqx.nn.Linear(width, data_size, dtype=dtype, key=kout)
+    return dict(
+        time_mlp=time_mlp,
+        label_embedding=label_embedding,
+        layer_in=layer_in,
+        hidden=hidden,
+        cond_proj=cond_proj,
+        layer_out=layer_out,
+    )
 
 
 class MLP(eqx.Module):
@@ -74,32 +112,23 @@ class MLP(eqx.Module):
                 f"{type(time_embedding).__name__}."
             )
         data_size, width, depth = int(data_size), int(width), int(depth)
-        dtype = default_float()
-        kemb, kt1, kt2, klab, kin, kout, khid = jr.split(key, 7)
+        kemb, kparts = jr.split(key)
         if time_embedding is None:
-            time_embedding = FourierFeatures(embed_dim, key=kemb)
+            time_embedding = init_params(
+                lambda k: FourierFeatures(int(embed_dim), key=k), kemb
+            )
         self.embedding = time_embedding
         e = time_embedding.embed_dim
-        self.time_mlp = (
-            eqx.nn.Linear(e, width, dtype=dtype, key=kt1),
-            eqx.nn.Linear(width, width, dtype=dtype, key=kt2),
+        n = None if num_classes is None else int(num_classes)
+        parts = init_params(
+            lambda k: _build_mlp(k, e, data_size, width, depth, n), kparts
         )
-        self.label_embedding = (
-            None
-            if num_classes is None
-            else LabelEmbedding(num_classes, width, key=klab)
-        )
-        self.layer_in = eqx.nn.Linear(data_size + width, width, dtype=dtype, key=kin)
-        keys = jr.split(khid, 2 * (depth - 1)) if depth > 1 else []
-        self.hidden = [
-            eqx.nn.Linear(width, width, dtype=dtype, key=keys[2 * i])
-            for i in range(depth - 1)
-        ]
-        self.cond_proj = [
-            eqx.nn.Linear(width, width, dtype=dtype, key=keys[2 * i + 1])
-            for i in range(depth - 1)
-        ]
-        self.layer_out = eqx.nn.Linear(width, data_size, dtype=dtype, key=kout)
+        self.time_mlp = parts["time_mlp"]
+        self.label_embedding = parts["label_embedding"]
+        self.layer_in = parts["layer_in"]
+        self.hidden = parts["hidden"]
+        self.cond_proj = parts["cond_proj"]
+        self.layer_out = parts["layer_out"]
         self.data_size = data_size
 
     def __call__(

@@ -8,7 +8,13 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import KeyArray, RealScalarLike
 from .._misc import default_float
-from ._embedding import AbstractEmbedding, FourierFeatures, LabelEmbedding, check_label
+from ._embedding import (
+    AbstractEmbedding,
+    FourierFeatures,
+    LabelEmbedding,
+    check_label,
+    init_params,
+)
 
 
 def _subkey(key, i: int):
@@ -78,6 +84,88 @@ class _Level(eqx.Module):
     blocks: list[_ResBlock]
     attentions: list[_Attention | None]
     resample: eqx.nn.Conv2d | None
+
+
+def _build_unet(
+    key,
+    embed_dim,
+    in_channels,
+    base_channels,
+    mults,
+    num_res_blocks,
+    attn_ds,
+    num_heads,
+    num_groups,
+    dropout,
+    num_classes,
+):
+    """Create the U-Net's layers (all but the time embedding, of size `embed_dim`)."""
+    dtype = default_float()
+    keys = iter(jr.split(key, 64 + 8 * len(mults) * (num_res_blocks + 2)))
+    temb_dim = 4 * base_channels
+    time_mlp = (
+        eqx.nn.Linear(embed_dim, temb_dim, dtype=dtype, key=next(keys)),
+        eqx.nn.Linear(temb_dim, temb_dim, dtype=dtype, key=next(keys)),
+    )
+    label_embedding = (
+        None
+        if num_classes is None
+        else LabelEmbedding(num_classes, temb_dim, key=next(keys))
+    )
+    conv_in = eqx.nn.Conv2d(
+        in_channels, base_channels, 3, padding=1, dtype=dtype, key=next(keys)
+    )
+
+    def block(c_in, c_out):
+        return _ResBlock(c_in, c_out, temb_dim, num_groups, dropout, key=next(keys))
+
+    def attention(ch, use):
+        return _Attention(ch, num_heads, num_groups, key=next(keys)) if use else None
+
+    ch = base_channels
+    skip_channels = [ch]
+    down = []
+    for i, m in enumerate(mults):
+        blocks, attns = [], []
+        for _ in range(num_res_blocks):
+            blocks.append(block(ch, base_channels * m))
+            ch = base_channels * m
+            attns.append(attention(ch, 2**i in attn_ds))
+            skip_channels.append(ch)
+        resample = None
+        if i != len(mults) - 1:
+            resample = eqx.nn.Conv2d(
+                ch, ch, 3, stride=2, padding=1, dtype=dtype, key=next(keys)
+            )
+            skip_channels.append(ch)
+        down.append(_Level(blocks, attns, resample))
+    down = down
+    mid = (block(ch, ch), attention(ch, True), block(ch, ch))
+    up = []
+    for i in reversed(range(len(mults))):
+        m = mults[i]
+        blocks, attns = [], []
+        for _ in range(num_res_blocks + 1):
+            blocks.append(block(ch + skip_channels.pop(), base_channels * m))
+            ch = base_channels * m
+            attns.append(attention(ch, 2**i in attn_ds))
+        resample = None
+        if i != 0:
+            resample = eqx.nn.Conv2d(ch, ch, 3, padding=1, dtype=dtype, key=next(keys))
+        up.append(_Level(blocks, attns, resample))
+    up = up
+    norm_out = eqx.nn.GroupNorm(num_groups, ch, dtype=dtype)
+    conv_out = eqx.nn.Conv2d(ch, in_channels, 3, padding=1, dtype=dtype, key=next(keys))
+    return dict(
+        time_mlp=time_mlp,
+        label_embedding=label_embedding,
+        conv_in=conv_in,
+        down=down,
+        mid=mid,
+        up=up,
+        norm_out=norm_out,
+        conv_out=conv_out,
+    )
 
 
 class UNet(eqx.Module):
@@ -200,73 +288,34 @@ class UNet(eqx.Module):
                 "`time_embedding` must be an sdegen.nn.AbstractEmbedding, got "
                 f"{type(time_embedding).__name__}."
             )
-        dtype = default_float()
-        keys = iter(jr.split(key, 64 + 8 * len(mults) * (num_res_blocks + 2)))
+        kemb, kparts = jr.split(key)
         if time_embedding is None:
-            time_embedding = FourierFeatures(embed_dim, key=next(keys))
-        self.embedding = time_embedding
-        temb_dim = 4 * base_channels
-        self.time_mlp = (
-            eqx.nn.Linear(
-                time_embedding.embed_dim, temb_dim, dtype=dtype, key=next(keys)
-            ),
-            eqx.nn.Linear(temb_dim, temb_dim, dtype=dtype, key=next(keys)),
-        )
-        self.label_embedding = (
-            None
-            if num_classes is None
-            else LabelEmbedding(num_classes, temb_dim, key=next(keys))
-        )
-        self.conv_in = eqx.nn.Conv2d(
-            in_channels, base_channels, 3, padding=1, dtype=dtype, key=next(keys)
-        )
-
-        def block(c_in, c_out):
-            return _ResBlock(c_in, c_out, temb_dim, num_groups, dropout, key=next(keys))
-
-        def attention(ch, use):
-            return (
-                _Attention(ch, num_heads, num_groups, key=next(keys)) if use else None
+            time_embedding = init_params(
+                lambda k: FourierFeatures(int(embed_dim), key=k), kemb
             )
-
-        ch = base_channels
-        skip_channels = [ch]
-        down = []
-        for i, m in enumerate(mults):
-            blocks, attns = [], []
-            for _ in range(num_res_blocks):
-                blocks.append(block(ch, base_channels * m))
-                ch = base_channels * m
-                attns.append(attention(ch, 2**i in attn_ds))
-                skip_channels.append(ch)
-            resample = None
-            if i != len(mults) - 1:
-                resample = eqx.nn.Conv2d(
-                    ch, ch, 3, stride=2, padding=1, dtype=dtype, key=next(keys)
-                )
-                skip_channels.append(ch)
-            down.append(_Level(blocks, attns, resample))
-        self.down = down
-        self.mid = (block(ch, ch), attention(ch, True), block(ch, ch))
-        up = []
-        for i in reversed(range(len(mults))):
-            m = mults[i]
-            blocks, attns = [], []
-            for _ in range(num_res_blocks + 1):
-                blocks.append(block(ch + skip_channels.pop(), base_channels * m))
-                ch = base_channels * m
-                attns.append(attention(ch, 2**i in attn_ds))
-            resample = None
-            if i != 0:
-                resample = eqx.nn.Conv2d(
-                    ch, ch, 3, padding=1, dtype=dtype, key=next(keys)
-                )
-            up.append(_Level(blocks, attns, resample))
-        self.up = up
-        self.norm_out = eqx.nn.GroupNorm(num_groups, ch, dtype=dtype)
-        self.conv_out = eqx.nn.Conv2d(
-            ch, in_channels, 3, padding=1, dtype=dtype, key=next(keys)
+        self.embedding = time_embedding
+        build = lambda k: _build_unet(
+            k,
+            time_embedding.embed_dim,
+            int(in_channels),
+            int(base_channels),
+            tuple(int(m) for m in mults),
+            int(num_res_blocks),
+            tuple(sorted(attn_ds)),
+            int(num_heads),
+            int(num_groups),
+            float(dropout),
+            None if num_classes is None else int(num_classes),
         )
+        parts = init_params(build, kparts)
+        self.time_mlp = parts["time_mlp"]
+        self.label_embedding = parts["label_embedding"]
+        self.conv_in = parts["conv_in"]
+        self.down = parts["down"]
+        self.mid = parts["mid"]
+        self.up = parts["up"]
+        self.norm_out = parts["norm_out"]
+        self.conv_out = parts["conv_out"]
         self.in_channels = int(in_channels)
         self.num_levels = len(mults)
 
