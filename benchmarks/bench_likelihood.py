@@ -269,7 +269,7 @@ def bench_problem(kind, n, rtol, atol, key, rows, with_hutch=True, chunk=None):
     # float64 reference: Dopri8 at 1e-10 (exact trace)
     ref, _ = sg.log_likelihood_batch(
         sde, score64, xs.astype(jnp.float64), solver="dopri8", rtol=1e-10, atol=1e-10,
-        batch_size=chunk,
+        batch_size=chunk, per_sample_solves=False,
     )  # fmt: skip
     ref = np.asarray(ref)
 

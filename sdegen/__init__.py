@@ -107,10 +107,10 @@ from ._sample import (
     sample_sde as sample_sde,
 )
 from ._sde import (
+    EDMSDE as EDMSDE,
     VESDE as VESDE,
     VPSDE as VPSDE,
     AbstractSDE as AbstractSDE,
-    EDMSDE as EDMSDE,
     SubVPSDE as SubVPSDE,
 )
 from ._solver_table import (

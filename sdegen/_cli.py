@@ -10,6 +10,10 @@ A run folder holds `config.json` (everything needed to rebuild the model),
 `checkpoints/`, `samples.png`, `loss.png` and `metrics.json`. Names (data set, SDE,
 network, parametrisation, loss, solver) are resolved here, once, into objects; the
 library below takes only objects.
+
+`--devices N` (train, demo, sample, likelihood) runs data-parallel on the first `N`
+devices (`0`: all of them; several hosts after `--coordinator`, `--num-processes`
+and `--process-id`, or on a cluster that `jax.distributed` detects by itself).
 """
 
 import argparse
@@ -34,6 +38,13 @@ from ._checkpoint import (
     checkpoint_metadata,
     latest_checkpoint,
     load_checkpoint,
+)
+from ._distributed import (
+    check_divisible,
+    distributed_initialize,
+    is_main_process,
+    make_mesh,
+    sample_many,
 )
 from ._sde import VESDE, VPSDE, SubVPSDE
 from ._solver_table import SOLVERS, _normalise, solver_table
@@ -175,38 +186,39 @@ def _solver_kind(solver: str, sampler: str) -> str:
     return sampler
 
 
-@eqx.filter_jit
-def _sample_chunk(model, keys, sde, shape, solver, kind, num_steps):
+def _sample_one(sde, shape, solver, kind, num_steps, model, key):
     import sdegen
 
-    def one(k):
-        if kind == "ode":
-            return sdegen.sample_ode(k, sde, model, shape, solver, num_steps=num_steps,
-                                     denoise=True)  # fmt: skip
-        return sdegen.sample_sde(k, sde, model, shape, solver, num_steps=num_steps,
+    if kind == "ode":
+        return sdegen.sample_ode(key, sde, model, shape, solver, num_steps=num_steps,
                                  denoise=True)  # fmt: skip
+    return sdegen.sample_sde(key, sde, model, shape, solver, num_steps=num_steps,
+                             denoise=True)  # fmt: skip
 
-    return jax.vmap(one)(keys)
+
+def _num_devices(mesh) -> int:
+    return 1 if mesh is None else int(mesh.devices.size)
 
 
-def draw_samples(key, sde, model, shape, *, solver, sampler, num_steps, num, chunk=500):
-    """`num` samples with the EMA/raw `model`, in chunks of `chunk` (one jitted
-    `vmap` of [`sdegen.sample_ode`][] or [`sdegen.sample_sde`][], compiled once)."""
+def _round_up(n: int, d: int) -> int:
+    return -(-int(n) // d) * d
+
+
+def draw_samples(key, sde, model, shape, *, solver, sampler, num_steps, num, chunk=500,
+                 mesh=None):  # fmt: skip
+    """`num` samples with the EMA/raw `model`: [`sdegen.sample_many`][] of
+    [`sdegen.sample_ode`][] or [`sdegen.sample_sde`][] with the keys
+    `jax.random.split(key, num)`, in chunks of `chunk` (rounded up to a multiple of
+    the number of devices of `mesh`) sharded over `mesh`. The samples do not depend
+    on the mesh or the chunk size."""
     kind = _solver_kind(solver, sampler)
-    keys = jr.split(key, num)
-    size = min(chunk, num)
-    out = []
-    for i in range(0, num, size):
-        ks = keys[i : i + size]
-        pad = size - ks.shape[0]
-        if pad:
-            ks = jnp.concatenate([ks, keys[:pad]])
-        res = _sample_chunk(model, ks, sde, tuple(shape), solver, kind, int(num_steps))
-        out.append(np.asarray(res)[: size - pad])
-    return np.concatenate(out)
+    one = eqx.Partial(_sample_one, sde, tuple(shape), solver, kind, int(num_steps),
+                      model)  # fmt: skip
+    size = _round_up(chunk, _num_devices(mesh))
+    return sample_many(key, num, one, chunk_size=size, mesh=mesh)
 
 
-def _draw(key, sde, model, shape, scfg, num=None):
+def _draw(key, sde, model, shape, scfg, num=None, mesh=None):
     return draw_samples(
         key,
         sde,
@@ -216,6 +228,7 @@ def _draw(key, sde, model, shape, scfg, num=None):
         sampler=scfg["sampler"],
         num_steps=scfg["sample_steps"],
         num=scfg["num_samples"] if num is None else num,
+        mesh=mesh,
     )
 
 
@@ -334,15 +347,20 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
+    mesh = getattr(args, "mesh", None)
+    main_process = is_main_process()  # the only process that writes files
     built = _run_config(args)
     cfg, scfg = built["run"], built["sample"]
     train_x, held_out, kind = built["data"]
     tcfg = TrainConfig.from_dict(cfg["train"])
+    if mesh is not None:
+        check_divisible(tcfg.batch_size, mesh)  # before anything is written
     sde = _build_sde(cfg)
     model = _build_model(cfg, sde, jr.fold_in(jr.key(tcfg.seed), 2))
     loss_fn = _build_loss(cfg, sde)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {**cfg, "sample": scfg})
+    if main_process:
+        atomic_write_json(out / "config.json", {**cfg, "sample": scfg})
     eval_batch = jnp.asarray(held_out[: min(len(held_out), 512)])
     eval_loss = eqx.filter_jit(loss_fn)
     shape = tuple(cfg["data_shape"])
@@ -350,9 +368,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     def eval_fn(state: TrainState) -> dict[str, Any]:
         res = {"eval_loss": float(eval_loss(state.ema_model, eval_batch, jr.key(7)))}
-        samples = _draw(jr.key(11), sde, state.ema_model, shape, scfg, n_eval_samples)
-        _write_samples(out / "samples" / f"step_{state.step:07d}.png", samples,
-                       np.asarray(held_out), kind, f"step {state.step}")  # fmt: skip
+        samples = _draw(jr.key(11), sde, state.ema_model, shape, scfg, n_eval_samples,
+                        mesh)  # fmt: skip
+        if main_process:
+            _write_samples(out / "samples" / f"step_{state.step:07d}.png", samples,
+                           np.asarray(held_out), kind, f"step {state.step}")  # fmt: skip
         if kind == "vector":
             m = _sample_metrics(samples, np.asarray(held_out), kind, cfg["dataset"])
             res.update({k: m[k] for k in ("mmd", "sliced_wasserstein") if k in m})
@@ -360,8 +380,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     print(f"sdegen: training on {cfg['dataset']} {shape} with {cfg['sde']} SDE, "
           f"{cfg['net']} ({_num_params(model):,} parameters, {cfg['param']} "
-          f"parametrisation), {tcfg.num_steps} steps of batch {tcfg.batch_size}; "
-          f"writing to {out}/", file=sys.stderr)  # fmt: skip
+          f"parametrisation), {tcfg.num_steps} steps of batch {tcfg.batch_size} "
+          f"on {_num_devices(mesh)} device(s); writing to {out}/",
+          file=sys.stderr)  # fmt: skip
     t_start = time.perf_counter()
 
     def report(state: TrainState) -> None:
@@ -373,20 +394,24 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     state, history = train(model, loss_fn, train_x, tcfg, ckpt_dir=out / "checkpoints",
                            resume=not args.no_resume, hparams=cfg, eval_fn=eval_fn,
-                           callback=report, progress=not args.no_progress)  # fmt: skip
+                           callback=report, progress=not args.no_progress,
+                           mesh=mesh)  # fmt: skip
     from ._plot import save_loss_curve
 
     ev = history["eval"]
-    save_loss_curve(out / "loss.png", state.losses, [e["step"] for e in ev],
-                    [e["eval_loss"] for e in ev],
-                    title=f"{cfg['dataset']}: {cfg['loss']} loss")  # fmt: skip
+    if main_process:
+        save_loss_curve(out / "loss.png", state.losses, [e["step"] for e in ev],
+                        [e["eval_loss"] for e in ev],
+                        title=f"{cfg['dataset']}: {cfg['loss']} loss")  # fmt: skip
     t0 = time.perf_counter()
-    samples = _draw(jr.key(tcfg.seed + 1), sde, state.ema_model, shape, scfg)
+    samples = _draw(jr.key(tcfg.seed + 1), sde, state.ema_model, shape, scfg,
+                    mesh=mesh)  # fmt: skip
     t_sample = time.perf_counter() - t0
-    _write_samples(out / "samples.png", samples, np.asarray(held_out), kind,
-                   f"{cfg['dataset']}: {scfg['solver']} ({scfg['sampler']}), "
-                   f"{scfg['sample_steps']} steps")  # fmt: skip
-    np.save(out / "samples.npy", samples)
+    if main_process:
+        _write_samples(out / "samples.png", samples, np.asarray(held_out), kind,
+                       f"{cfg['dataset']}: {scfg['solver']} ({scfg['sampler']}), "
+                       f"{scfg['sample_steps']} steps")  # fmt: skip
+        np.save(out / "samples.npy", samples)
     logs = history["log"]
     tail = state.losses[-max(1, len(state.losses) // 10) :]
     result = {
@@ -402,11 +427,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": scfg["sampler"],
         "sample_steps": scfg["sample_steps"],
         "sample_wall_time_s": t_sample,
+        "num_devices": _num_devices(mesh),
         **_sample_metrics(samples, np.asarray(held_out), kind, cfg["dataset"]),
         "eval_history": ev,
     }
-    atomic_write_json(out / "metrics.json", result)
-    print(_summary(result, out), file=sys.stderr)
+    if main_process:
+        atomic_write_json(out / "metrics.json", result)
+        print(_summary(result, out), file=sys.stderr)
     return result
 
 
@@ -449,6 +476,7 @@ def _load_run(out: Path):
 
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
+    mesh = getattr(args, "mesh", None)
     cfg, sde, state = _load_run(out)
     scfg = dict(cfg.get("sample", {}))
     for k in ("solver", "sampler", "sample_steps", "num_samples"):
@@ -459,22 +487,25 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     _, held_out, kind = _load_data(cfg["dataset"], int(cfg["train"]["seed"]))
     model = state.model if args.no_ema else state.ema_model
     t0 = time.perf_counter()
-    samples = _draw(jr.key(args.seed), sde, model, tuple(cfg["data_shape"]), scfg)
+    samples = _draw(jr.key(args.seed), sde, model, tuple(cfg["data_shape"]), scfg,
+                    mesh=mesh)  # fmt: skip
     wall = time.perf_counter() - t0
     name = args.name or f"samples_{_normalise(scfg['solver'])}_{scfg['sample_steps']}"
     png = out / f"{name}.png"
     title = f"{scfg['solver']} ({scfg['sampler']}), {scfg['sample_steps']} steps"
-    _write_samples(png, samples, np.asarray(held_out), kind, title)
-    np.save(out / f"{name}.npy", samples)
     result = {
         "step": int(state.step),
         **scfg,
         "wall_time_s": wall,
+        "num_devices": _num_devices(mesh),
         **_sample_metrics(samples, np.asarray(held_out), kind, cfg["dataset"]),
     }
-    atomic_write_json(out / f"{name}.json", result)
-    print(f"sdegen: wrote {png} ({len(samples)} samples in {wall:.1f} s)",
-          file=sys.stderr)  # fmt: skip
+    if is_main_process():
+        _write_samples(png, samples, np.asarray(held_out), kind, title)
+        np.save(out / f"{name}.npy", samples)
+        atomic_write_json(out / f"{name}.json", result)
+        print(f"sdegen: wrote {png} ({len(samples)} samples in {wall:.1f} s)",
+              file=sys.stderr)  # fmt: skip
     return result
 
 
@@ -482,6 +513,7 @@ def cmd_likelihood(args: argparse.Namespace) -> dict[str, Any]:
     import sdegen
 
     out = Path(args.out)
+    mesh = getattr(args, "mesh", None)
     cfg, sde, state = _load_run(out)
     _, held_out, kind = _load_data(cfg["dataset"], int(cfg["train"]["seed"]))
     n = min(args.num_points, len(held_out))
@@ -498,9 +530,12 @@ def cmd_likelihood(args: argparse.Namespace) -> dict[str, Any]:
                               num_bins=17, dtype=x.dtype)  # fmt: skip
     model = state.ema_model
     t0 = time.perf_counter()
-    logp, _ = sdegen.log_likelihood_batch(
-        sde, model, x, jr.key(args.seed + 1), solver=args.solver, rtol=args.rtol,
-        atol=args.atol, trace=trace, batch_size=args.batch_size,
+    # Probe keys fold_in(key, i), as in `log_likelihood_batch`; chunks of
+    # --batch-size (rounded up to a multiple of the device count) over the mesh.
+    chunk = _round_up(args.batch_size, _num_devices(mesh))
+    logp, _ = sdegen.log_likelihood_many(
+        sde, model, x, jr.key(args.seed + 1), chunk_size=chunk, mesh=mesh,
+        solver=args.solver, rtol=args.rtol, atol=args.atol, trace=trace,
     )  # fmt: skip
     wall = time.perf_counter() - t0
     logp = np.asarray(logp, np.float64)
@@ -518,10 +553,12 @@ def cmd_likelihood(args: argparse.Namespace) -> dict[str, Any]:
     result = {"num_points": n, "bits_per_dim": mean, "ci95_half_width": half,
               "nll_nats": float(-np.mean(logp)), "trace": trace,
               "solver": args.solver, "rtol": args.rtol, "atol": args.atol,
-              "wall_time_s": wall, "what": what}  # fmt: skip
-    atomic_write_json(out / "likelihood.json", result)
-    print(f"{what}: {mean:.4f} ± {half:.4f} (95% CI over {n} held-out points; "
-          f"NLL {-np.mean(logp):.4f} nats)")  # fmt: skip
+              "wall_time_s": wall, "what": what,
+              "num_devices": _num_devices(mesh)}  # fmt: skip
+    if is_main_process():
+        atomic_write_json(out / "likelihood.json", result)
+        print(f"{what}: {mean:.4f} ± {half:.4f} (95% CI over {n} held-out points; "
+              f"NLL {-np.mean(logp):.4f} nats)")  # fmt: skip
     return result
 
 
@@ -574,6 +611,21 @@ def _add_run_args(p: argparse.ArgumentParser, *, demo: bool) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even if --out holds checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("devices (data parallelism)")
+    g.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="run data-parallel on the first N devices, 0 for all of "
+                        "them (of every host in a multi-host job); the batch size "
+                        "must be a multiple of N (default: one device, no mesh)")  # fmt: skip
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: address of process 0 (jax.distributed)")  # fmt: skip
+    g.add_argument("--num-processes", type=int, default=None,
+                   help="multi-host: total number of processes")  # fmt: skip
+    g.add_argument("--process-id", type=int, default=None,
+                   help="multi-host: index of this process in [0, num_processes)")  # fmt: skip
 
 
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
@@ -606,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights")
     p.add_argument("--name", default=None, help="base name of the output files")
+    _add_device_args(p)
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("likelihood", help="bits/dim of held-out data")
     p.add_argument("--out", required=True, help="run folder (from train/demo)")
@@ -615,8 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--trace", choices=("exact", "hutchinson"), default=None,
                    help="divergence estimator (default exact when D <= 16)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="examples per chunk (rounded up to a multiple of --devices)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    _add_device_args(p)
     p.set_defaults(func=cmd_likelihood)
     p = sub.add_parser("solvers", help="print the table of solver names")
     p.set_defaults(func=cmd_solvers)
@@ -628,11 +683,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        args.mesh = _setup_devices(args)
         args.func(args)
     except (ValueError, CheckpointError) as e:
         print(f"sdegen {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _setup_devices(args: argparse.Namespace):
+    """Connect the processes of a multi-host job (when any of its options is given;
+    before any other JAX call), then the mesh of `--devices` (`None` without it)."""
+    multi = (getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+             getattr(args, "process_id", None))  # fmt: skip
+    if any(v is not None for v in multi):
+        distributed_initialize(coordinator_address=multi[0], num_processes=multi[1],
+                               process_id=multi[2])  # fmt: skip
+    devices = getattr(args, "devices", None)
+    if devices is None:
+        return None
+    available = jax.device_count()
+    if not 0 <= devices <= available:
+        raise ValueError(
+            f"--devices must be in [0, {available}] (0: all {available} available "
+            f"devices), got {devices}."
+        )
+    return make_mesh(devices or None)
 
 
 if __name__ == "__main__":  # pragma: no cover

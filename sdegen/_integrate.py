@@ -6,10 +6,13 @@
 - `adaptive_solve`: `diffrax.diffeqsolve` with a PID controller.
 """
 
+from typing import Any
+
 import diffrax
 import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
 
 
 def levy_area_for(solver: diffrax.AbstractSolver) -> type:
@@ -24,11 +27,35 @@ def levy_area_for(solver: diffrax.AbstractSolver) -> type:
     return diffrax.BrownianIncrement
 
 
-def fixed_solve(terms, solver, ts, y0, *, args=None, save_trajectory: bool = False):
-    """Step `solver` over the grid `ts` (monotone, either direction for ODEs).
+def fixed_solve(
+    terms: PyTree[diffrax.AbstractTerm],
+    solver: diffrax.AbstractSolver,
+    ts: Float[Array, " times"],
+    y0: PyTree[Array],
+    *,
+    args: PyTree[Any] = None,
+    save_trajectory: bool = False,
+) -> tuple[PyTree[Array], PyTree[Array] | None]:
+    r"""Take one `solver.step` per interval of the grid `ts` inside a `jax.lax.scan`.
 
-    **Returns:** `(y1, ys)` where `ys` stacks `y0` and the state after every step when
-    `save_trajectory` is set, else `None`.
+    This is `diffrax.diffeqsolve` with a constant step size, minus the adaptive-stepping
+    machinery: the loop is $y_{i+1} = \Phi(y_i; t_i, t_{i+1})$ for the solver's one-step
+    map $\Phi$, so it runs as fast as a hand-written loop and works with any diffrax
+    solver (stochastic Runge–Kutta methods included, given a Brownian path with the Lévy
+    area they need).
+
+    **Arguments:**
+
+    - `terms`: the diffrax terms, e.g. from [`sdegen.reverse_terms`][].
+    - `solver`: any `diffrax.AbstractSolver`.
+    - `ts`: the grid $t_0, \dots, t_n$, monotone (increasing for SDE terms; ODE terms
+      may also run backwards).
+    - `y0`: the state at `ts[0]`.
+    - `args`: passed to the vector fields.
+    - `save_trajectory`: also return every state.
+
+    **Returns:** `(y1, ys)`: the state at `ts[-1]`, and the states at every grid time
+    (`y0` first) when `save_trajectory` is set, else `None`.
     """
     state = solver.init(terms, ts[0], ts[1], y0, args)
 

@@ -55,6 +55,7 @@ from ._misc import (
     error_if_not_finite,
     is_concrete,
 )
+from ._sample import _tweedie
 from ._sde import AbstractSDE
 from ._solver_table import solver as get_solver
 from ._terms import _check_score, _check_sde, reverse_terms
@@ -273,19 +274,19 @@ def _sds(x):
 
 
 def _langevin(sde, score, t, t_next, x, key, steps, snr):
-    r"""Langevin corrector with the signal-to-noise step size of Song et al. 2021
-    (Algorithm 4/5): $\epsilon = 2 a (r \lVert z\rVert / \lVert s\rVert)^2$ with
-    $a = \alpha(t)^2 / \alpha(t_\text{next})^2$ (the discrete $\alpha_i$ of the VP
-    chain; 1 for VE)."""
-    a = (sde.alpha(t) / sde.alpha(t_next)) ** 2
-    tiny = jnp.finfo(x.dtype).tiny
+    r"""Langevin corrector of Song et al. 2021 (Algorithm 4/5) with the step size
+    $\epsilon = 2 a r^2 \sigma(t)^2$: score_sde's batch-averaged rule
+    $2a(r\lVert z\rVert/\lVert s\rVert)^2$ with the norms at their Gaussian values
+    $\lVert z\rVert^2 = D$, $\lVert s\rVert^2 = D/\sigma^2$ (see
+    [`sdegen.LangevinCorrector`][], `step_rule="gaussian"`; a per-sample norm ratio
+    blows up where $s \approx 0$). Here $a = \alpha(t)^2/\alpha(t_\text{next})^2$ (the
+    discrete $\alpha_i$ of the VP chain; 1 for VE)."""
+    a = ((sde.alpha(t) / sde.alpha(t_next)) ** 2).astype(x.dtype)
+    step = 2 * a * snr**2 * (sde.sigma(t) ** 2).astype(x.dtype)
 
     def one(x, k):
         g = jnp.asarray(score(t, x)).astype(x.dtype)
         z = jr.normal(k, x.shape, x.dtype)
-        g_norm = jnp.maximum(jnp.linalg.norm(g.reshape(-1)), tiny)
-        z_norm = jnp.linalg.norm(z.reshape(-1))
-        step = 2 * a * (snr * z_norm / g_norm) ** 2
         return (x + step * g + jnp.sqrt(2 * step) * z).astype(x.dtype), None
 
     x, _ = jax.lax.scan(one, x, jr.split(key, steps))
@@ -321,9 +322,7 @@ def _pc_loop(key, sde, score, x_init, ts, solver, corrector_steps, snr, project,
 
     (x, _), _ = jax.lax.scan(body, (x_init, state), xs)
     if denoise:
-        t_end = ts[-1]
-        s = jnp.asarray(score(t_end, x))
-        x = ((x + sde.sigma(t_end) ** 2 * s) / sde.alpha(t_end)).astype(x.dtype)
+        x = _tweedie(sde, score, ts[-1], x)
     if project is not None:
         x = project.exact(x)
     return x

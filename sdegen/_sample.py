@@ -225,6 +225,7 @@ def sample_sde(
             if grid_ts is None:
                 grid_ts = jnp.linspace(sde.T, eps, num_steps + 1, dtype=x_init.dtype)
             save_us = sde.T - grid_ts
+        u1, dt0, rtol, atol = (jnp.asarray(v, x_init.dtype) for v in (u1, dt0, rtol, atol))
         res = _sample_sde_adaptive(k_noise, sde, score, x_init, u1, dt0, solver, rtol,
                                    atol, tol, save_us, max_steps)  # fmt: skip
         x, traj = res.y1, res.ys
@@ -272,6 +273,9 @@ def _ode(sde, score, y0, t0, t1, solver, rtol, atol, num_steps, ts, save, max_st
         save_ts = ts if ts is not None else jnp.linspace(t0, t1, 101, dtype=y0.dtype)
         if grid is not None:
             save_ts = grid
+    # tolerances and times as arrays, so that new values do not recompile
+    t0, t1 = jnp.asarray(t0, y0.dtype), jnp.asarray(t1, y0.dtype)
+    rtol, atol = jnp.asarray(rtol, y0.dtype), jnp.asarray(atol, y0.dtype)
     return _solve_ode(sde, score, y0, t0, t1, solver, grid, rtol, atol, save_ts,
                       max_steps, adjoint)  # fmt: skip
 

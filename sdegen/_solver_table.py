@@ -67,6 +67,10 @@ SOLVERS: dict[str, SolverInfo] = dict(
              "Dormand–Prince 8(7) for tight tolerances."),
     ]
 )  # fmt: skip
+"""Every solver name sdegen accepts, mapped to its [`sdegen.SolverInfo`][] row:
+the diffrax class, whether it suits the reverse SDE and/or the probability-flow ODE,
+its order, whether it can step adaptively, and a one-line description. The same
+table is printed by `sdegen solvers`."""
 
 
 def _normalise(name: str) -> str:

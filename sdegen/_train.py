@@ -32,7 +32,15 @@ from ._checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
+)
+from ._distributed import (
+    _require_mesh,
+    check_divisible,
+    is_main_process,
+    replicate,
+    save_checkpoint_main,
+    sharded_step,
+    to_host,
 )
 from .data._images import _check_batch_args
 
@@ -187,14 +195,76 @@ def make_step(
     opt_state, loss)`, calling an `equinox.filter_jit` function. The buffers of the
     input `model`, `ema_model` and `opt_state` are donated (reused for the outputs,
     which halves the memory on accelerators): rebind all three to the outputs and do
-    not use the inputs again. `batch` and `key` are not donated.
+    not use the inputs again. `batch` and `key` are not donated. An array passed
+    twice (e.g. `step(model, model, ...)`, the EMA starting as the model itself) is
+    copied before the call, since XLA cannot donate one buffer twice.
     """
 
+    unchecked = _unchecked_step(loss_fn, optimizer, ema_decay)
+
+    def step(model, ema_model, opt_state, batch, key):
+        model, ema_model, opt_state = _unalias((model, ema_model, opt_state))
+        return unchecked(model, ema_model, opt_state, batch, key)
+
+    return step
+
+
+def _unchecked_step(loss_fn, optimizer, ema_decay) -> Callable:
+    # `make_step` without the aliasing check, for `train`, whose model, EMA and
+    # optimiser state never share buffers (fresh copies, then the step's outputs).
     def step(model, ema_model, opt_state, batch, key):
         return _step((batch, key), model, ema_model, opt_state, loss_fn, optimizer,
                      ema_decay)  # fmt: skip
 
     return step
+
+
+def _sharded_train_step(loss_fn, optimizer, ema_decay, mesh) -> Callable:
+    try:
+        return _cached_sharded_step(loss_fn, optimizer, ema_decay, mesh)
+    except TypeError:  # an unhashable loss (e.g. a module holding arrays)
+        return _new_sharded_step(loss_fn, optimizer, ema_decay, mesh)
+
+
+def _new_sharded_step(loss_fn, optimizer, ema_decay, mesh) -> Callable:
+    # The donation of the inner (jitted) step is ignored inside the outer jit of
+    # `sharded_step`, hence `donate_argnums` here.
+    step = _unchecked_step(loss_fn, optimizer, ema_decay)
+    return sharded_step(step, mesh, donate_argnums=(0, 1, 2))
+
+
+# The same loss, optimiser, decay and mesh give the same jitted step, so repeated
+# `train(..., mesh=mesh)` calls (e.g. a resumed run) reuse its compilation.
+_cached_sharded_step = functools.lru_cache(maxsize=16)(_new_sharded_step)
+
+
+def _buffer_id(x: jax.Array) -> int:
+    # The device buffer behind a single-device array: two distinct `jax.Array`
+    # objects can share it (e.g. after a no-op `jax.device_put`). Arrays on several
+    # devices have no single pointer and are compared by identity.
+    try:
+        return x.unsafe_buffer_pointer()
+    except Exception:
+        return id(x)
+
+
+def _unalias(tree: Any) -> Any:
+    """Copy every concrete array of `tree` whose device buffer already appeared
+    earlier in `tree` (so that each donated buffer is donated once). Tracers (inside
+    an outer `jit`, where donation does not apply) are left as they are."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    seen: set[int] = set()
+    copied = False
+    for i, x in enumerate(leaves):
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            continue
+        buf = _buffer_id(x)
+        if buf in seen:
+            leaves[i] = jnp.array(x, copy=True)
+            copied = True
+        else:
+            seen.add(buf)
+    return jax.tree_util.tree_unflatten(treedef, leaves) if copied else tree
 
 
 @eqx.filter_jit(donate="all-except-first")
@@ -271,6 +341,7 @@ def train(
     eval_fn: Callable[[TrainState], dict[str, Any]] | None = None,
     callback: Callable[[TrainState], None] | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     r"""Train `model` by minimising `loss_fn` with [`sdegen.make_optimizer`][]`(cfg)`,
     keeping an EMA of the weights.
@@ -300,19 +371,34 @@ def train(
     - `callback`: called as `callback(state)` after every `cfg.log_every` steps (after
       any checkpoint of that step).
     - `progress`: show a tqdm progress bar with the loss and steps/s.
+    - `mesh`: train data-parallel on the devices of this mesh (e.g.
+      [`sdegen.make_mesh`][]`()`): every global batch of `cfg.batch_size` examples is
+      split over the mesh's data axis, the model, EMA and optimiser state are
+      replicated, and the step runs through [`sdegen.sharded_step`][]. The
+      trajectory is that of the single-device run up to floating-point summation
+      order, and checkpoints resume on any number of devices. With several
+      processes (after [`sdegen.distributed_initialize`][]) every process calls
+      `train` with the same arguments; process 0 alone writes files. `None`
+      (default): the default device.
 
-    **Returns:** `(state, history)`: the final [`sdegen.TrainState`][] and a dict with
-    `log` (per-log-interval records `{step, loss, steps_per_s}`), `eval` (records of
-    `eval_fn`), `wall_time_s` and `steps_per_s` (of this call, compile included).
+    **Returns:** `(state, history)`: the final [`sdegen.TrainState`][] (its arrays
+    replicated over `mesh` when given) and a dict with `log` (per-log-interval
+    records `{step, loss, steps_per_s, num_devices}`), `eval` (records of `eval_fn`),
+    `wall_time_s` and `steps_per_s` (of this call, compile included).
 
-    **Raises:** `ValueError` for bad data or a checkpoint whose hyper-parameters
-    differ; [`sdegen.CheckpointError`][] for a damaged checkpoint that cannot be
-    skipped.
+    **Raises:** `ValueError` for bad data, a `cfg.batch_size` not divisible by the
+    number of devices of `mesh`, or a checkpoint whose hyper-parameters differ;
+    [`sdegen.CheckpointError`][] for a damaged checkpoint that cannot be skipped.
     """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(
             f"`cfg` must be a sdegen.TrainConfig, got {type(cfg).__name__}."
         )
+    if mesh is not None:
+        _require_mesh(mesh)
+        # Before anything is written or compiled.
+        check_divisible(cfg.batch_size, mesh)
+    num_devices = 1 if mesh is None else int(mesh.devices.size)
     root = jr.key(cfg.seed)
     step_root, data_root = jr.fold_in(root, 0), jr.fold_in(root, 1)
     optimizer = make_optimizer(cfg)
@@ -329,11 +415,18 @@ def train(
         ckpt_dir = Path(ckpt_dir)
         if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
             state, history = _resume(path, state, cfg, all_hparams)
-        atomic_write_json(ckpt_dir / "hparams.json", all_hparams)
+        if is_main_process():
+            atomic_write_json(ckpt_dir / "hparams.json", all_hparams)
 
+    # Every process draws the same global batch (`_data_source` depends only on the
+    # seed and the step), as `shard_batch` expects.
     batch_at = _data_source(data, cfg.batch_size, data_root)
-    step_fn = make_step(loss_fn, optimizer, cfg.ema_decay)
     model, ema, opt_state = state.model, state.ema_model, state.opt_state
+    if mesh is None:
+        step_fn = _unchecked_step(loss_fn, optimizer, cfg.ema_decay)
+    else:
+        step_fn = _sharded_train_step(loss_fn, optimizer, cfg.ema_decay, mesh)
+        model, ema, opt_state = replicate((model, ema, opt_state), mesh)
     start = state.step
     losses = list(state.losses)
     pending: list[Any] = []
@@ -342,7 +435,8 @@ def train(
     t_log, s_log = t_start, start
 
     def snapshot(s):
-        losses.extend(np.asarray(jax.device_get(pending), np.float64).tolist())
+        # `to_host`, not `device_get`: replicated losses on several hosts.
+        losses.extend(np.asarray(to_host(pending), np.float64).tolist())
         pending.clear()
         return TrainState(model, ema, opt_state, s, np.asarray(losses, np.float64))
 
@@ -377,7 +471,8 @@ def train(
                 now = time.perf_counter()
                 rate = (done - s_log) / max(now - t_log, 1e-12)
                 mean = float(np.mean(state.losses[s_log:done]))
-                history["log"].append({"step": done, "loss": mean, "steps_per_s": rate})
+                history["log"].append({"step": done, "loss": mean, "steps_per_s": rate,
+                                       "num_devices": num_devices})  # fmt: skip
                 t_log, s_log = now, done
                 if bar is not None:
                     bar.update(done - bar.n)
@@ -398,10 +493,13 @@ def train(
 
 def _save(ckpt_dir: Path, state: TrainState, hparams, history, keep: int) -> None:
     extra = {"log": history["log"], "eval": history["eval"]}
-    save_checkpoint(checkpoint_path(ckpt_dir, state.step), state, hparams,
-                    step=state.step, extra=extra)  # fmt: skip
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+    # Every process gathers the arrays; process 0 writes the file (and the others
+    # wait for it).
+    save_checkpoint_main(checkpoint_path(ckpt_dir, state.step), state, hparams,
+                         step=state.step, extra=extra)  # fmt: skip
+    if is_main_process():
+        for old in list_checkpoints(ckpt_dir)[:-keep]:
+            old.unlink(missing_ok=True)
 
 
 def _resume(path: Path, like: TrainState, cfg: TrainConfig, hparams):

@@ -5,15 +5,17 @@ JAX is imported (the device count cannot change once JAX has started).
     python tests/_distributed_worker.py DIR
 
 The parent (one device) has written DIR/ckpt1 with `sdegen.train` (2 steps). Here,
-on 4 devices: the sharded step against the single-device step (4 steps, the
-reference, saved to DIR/ref.npz); sharded sampling and likelihoods against
-unsharded ones; the error messages; DIR/ckpt1 resumed on 4 devices; and a checkpoint
-of the 4-device run at step 2 written to DIR/ckpt4, which the parent resumes with
-`sdegen.train` on one device.
+on 4 devices: `sdegen.train(..., mesh=make_mesh(4))` against `sdegen.train` on one
+device (4 steps); its checkpoint at step 2 (DIR/ckpt4), which the parent resumes
+with `sdegen.train` on one device; DIR/ckpt1 resumed by `sdegen.train` on 4
+devices; sharded sampling and likelihoods against unsharded ones; the error
+messages; and `sdegen train --devices 4` end to end (DIR/cli).
 
 Prints one line `RESULT <json>` with the measured differences.
 """
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -37,8 +39,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from sdegen._checkpoint import checkpoint_path
-from sdegen._train import iterate_batches
+from sdegen._cli import main as cli_main
 
 
 NUM_STEPS = 4
@@ -72,57 +73,43 @@ def train_state_arrays(state):
     return (state.model, state.ema_model, state.opt_state)
 
 
-def fresh_state(step=0):
-    model = make_model()
-    opt_state = sg.make_optimizer(CFG).init(eqx.filter(model, eqx.is_inexact_array))
-    # Separate buffers for the model and its EMA: `make_step` donates both.
-    ema = jax.tree_util.tree_map(
-        lambda a: jnp.array(a, copy=True) if eqx.is_array(a) else a, model
-    )
-    return sg.TrainState(model, ema, opt_state, step, np.zeros((step,), np.float64))
+def cfg_with(**changes):
+    return sg.TrainConfig.from_dict({**CFG.to_dict(), **changes})
 
 
-def run_steps(step_fn, state, start, stop, mesh=None):
-    """Steps `start..stop-1` with the keys and batches `sdegen.train` uses."""
-    step_root = jr.fold_in(jr.key(CFG.seed), 0)
-    batches = iterate_batches(DATA, CFG.batch_size, CFG.seed)
-    model, ema, opt_state = state.model, state.ema_model, state.opt_state
-    losses = list(state.losses)
-    for s in range(stop):
-        batch = next(batches)
-        if s < start:
-            continue
-        model, ema, opt_state, loss = step_fn(model, ema, opt_state, batch,
-                                              jr.fold_in(step_root, s))  # fmt: skip
-        losses.append(float(loss))
-    return sg.TrainState(model, ema, opt_state, stop, np.asarray(losses))
+def error_of(fn):
+    try:
+        fn()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def cli(*argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = cli_main(list(argv))
+    return rc, err.getvalue()
 
 
 def main():
     out = {}
     tick = time.perf_counter()
     mesh = sg.make_mesh(4)
-    optimizer = sg.make_optimizer(CFG)
-    step = sg.make_step(loss_fn, optimizer, CFG.ema_decay)
-    sstep = sg.sharded_step(step, mesh)
 
-    # 1. Sharded step == single-device step on the same global batch. The
-    # single-device run is also the reference for the resumed runs.
-    single = run_steps(step, fresh_state(), 0, NUM_STEPS)
-    half = run_steps(sstep, sg.replicate(fresh_state(), mesh), 0, 2)
-    # A checkpoint written on 4 devices at step 2 (the parent resumes it on 1).
-    record = {"step": 2, "loss": float(np.mean(half.losses)), "steps_per_s": 0.0,
-              "written_on_devices": jax.device_count()}  # fmt: skip
-    sg.save_checkpoint_main(checkpoint_path(os.path.join(DIR, "ckpt4"), 2), half,
-                            {"train": CFG.to_dict()}, step=2,
-                            extra={"log": [record], "eval": []})  # fmt: skip
-    sharded = run_steps(sstep, half, 2, NUM_STEPS)
+    # 1. sdegen.train on 4 devices == sdegen.train on 1 device (the default device
+    # of this process), same config. The 4-device run also checkpoints at step 2
+    # (DIR/ckpt4; the parent resumes it on one device).
+    single, _ = sg.train(make_model(), loss_fn, DATA, CFG, progress=False)
+    sharded, hist4 = sg.train(make_model(), loss_fn, DATA, cfg_with(ckpt_every=2),
+                              ckpt_dir=os.path.join(DIR, "ckpt4"), mesh=mesh,
+                              progress=False)  # fmt: skip
     out["step_param_diff"] = max_diff(train_state_arrays(single),
                                       train_state_arrays(sharded))  # fmt: skip
     out["step_loss_diff"] = float(np.max(np.abs(single.losses - sharded.losses)))
-    leaves = arrays(train_state_arrays(single))
-    np.savez(os.path.join(DIR, "ref.npz"), losses=single.losses,
-             **{f"a{i}": a for i, a in enumerate(leaves)})  # fmt: skip
+    out["num_losses"] = [len(single.losses), len(sharded.losses)]
+    out["train_log_devices"] = [r["num_devices"] for r in hist4["log"]]
+    out["ckpt4_names"] = sorted(os.listdir(os.path.join(DIR, "ckpt4")))
     init = arrays(make_model())
     out["param_change"] = max(float(np.max(np.abs(a - b)))
                               for a, b in zip(arrays(single.model), init))  # fmt: skip
@@ -132,27 +119,38 @@ def main():
     xb = sg.shard_batch(jnp.asarray(DATA[:32]), mesh)
     out["batch_shard_shapes"] = [list(s.data.shape) for s in xb.addressable_shards]
 
+    out["t_1"] = time.perf_counter() - tick
+    # 2. A checkpoint written by sdegen.train on 1 device (by the parent, step 2)
+    # resumed by sdegen.train on 4 devices.
+    resumed, hist14 = sg.train(make_model(), loss_fn, DATA, CFG,
+                               ckpt_dir=os.path.join(DIR, "ckpt1"), mesh=mesh,
+                               progress=False)  # fmt: skip
+    out["resume_1_to_4_log"] = [[r["step"], r["num_devices"]] for r in hist14["log"]]
+    out["resume_1_to_4_diff"] = max_diff(train_state_arrays(single),
+                                         train_state_arrays(resumed))  # fmt: skip
+    out["resume_1_to_4_loss_diff"] = float(np.max(np.abs(single.losses
+                                                         - resumed.losses)))  # fmt: skip
+    leaf = jax.tree_util.tree_leaves(eqx.filter(resumed.model, eqx.is_array))[0]
+    out["resumed_replicated_on"] = len(leaf.sharding.device_set)
+
     out["t_2"] = time.perf_counter() - tick
-    # 2. Clear errors for a batch that does not divide over the devices.
-    try:
-        sstep(sharded.model, sharded.ema_model, sharded.opt_state, DATA[:10], jr.key(0))
-        out["step_error"] = None
-    except ValueError as e:
-        out["step_error"] = str(e)
-    try:
-        sg.shard_batch((DATA[:6], np.arange(6)), mesh)
-        out["shard_error"] = None
-    except ValueError as e:
-        out["shard_error"] = str(e)
-    try:
-        sg.sample_many(jr.key(0), 8, lambda k: jr.normal(k, (2,)), chunk_size=6,
-                       mesh=mesh)  # fmt: skip
-        out["chunk_error"] = None
-    except ValueError as e:
-        out["chunk_error"] = str(e)
+    # 3. Clear errors for a batch that does not divide over the devices.
+    sstep = sg.sharded_step(sg.make_step(loss_fn, sg.make_optimizer(CFG), 0.9), mesh)
+    out["step_error"] = error_of(lambda: sstep(sharded.model, sharded.ema_model,
+                                               sharded.opt_state, DATA[:10],
+                                               jr.key(0)))  # fmt: skip
+    bad_dir = os.path.join(DIR, "bad")
+    out["train_error"] = error_of(lambda: sg.train(
+        make_model(), loss_fn, DATA, cfg_with(batch_size=10), ckpt_dir=bad_dir,
+        mesh=mesh, progress=False))  # fmt: skip
+    out["train_error_wrote"] = os.path.exists(bad_dir)
+    out["shard_error"] = error_of(lambda: sg.shard_batch((DATA[:6], np.arange(6)),
+                                                         mesh))  # fmt: skip
+    out["chunk_error"] = error_of(lambda: sg.sample_many(
+        jr.key(0), 8, lambda k: jr.normal(k, (2,)), chunk_size=6, mesh=mesh))
 
     out["t_3"] = time.perf_counter() - tick
-    # 3. Sharded sampling == unsharded sampling for the same keys.
+    # 4. Sharded sampling == unsharded sampling for the same keys.
     model = sharded.ema_model
     sampler = eqx.Partial(_sample_one, model)
     key = jr.key(11)
@@ -165,7 +163,7 @@ def main():
     out["sample_scale"] = float(np.max(np.abs(plain)))
 
     out["t_4"] = time.perf_counter() - tick
-    # 4. Sharded likelihoods == sdegen.log_likelihood_batch.
+    # 5. Sharded likelihoods == sdegen.log_likelihood_batch.
     xs = DATA[:10]
     opts = dict(solver="heun", num_steps=16, trace="hutchinson", num_probes=2)
     lp4, st4 = sg.log_likelihood_many(SDE, model, xs, jr.key(5), chunk_size=4,
@@ -176,17 +174,34 @@ def main():
     out["loglik_shape"] = list(lp4.shape)
 
     out["t_5"] = time.perf_counter() - tick
-    # 5. A checkpoint written on 1 device (by the parent) resumes on 4.
-    path = sg.latest_checkpoint(os.path.join(DIR, "ckpt1"))
-    out["ckpt1_name"] = None if path is None else os.path.basename(path)
-    loaded = sg.load_checkpoint_replicated(path, fresh_state(2), mesh)
-    leaf = jax.tree_util.tree_leaves(eqx.filter(loaded.model, eqx.is_array))[0]
-    out["loaded_replicated_on"] = len(leaf.sharding.device_set)
-    resumed = run_steps(sstep, loaded, 2, NUM_STEPS)
-    out["resume_1_to_4_diff"] = max_diff(train_state_arrays(single),
-                                         train_state_arrays(resumed))  # fmt: skip
-    out["resume_1_to_4_loss_diff"] = float(np.max(np.abs(single.losses
-                                                         - resumed.losses)))  # fmt: skip
+    # 6. The command line on 4 devices: a short run end to end, its samples against
+    # `sdegen sample` of the same checkpoint on one device, and the error for a
+    # batch size that does not divide over the devices.
+    run = os.path.join(DIR, "cli")
+    tiny = ("--dataset", "moons", "--quick", "--no-progress", "--steps", "8",
+            "--num-samples", "12", "--sample-steps", "4")  # fmt: skip
+    rc, err = cli("train", *tiny, "--out", run, "--devices", "4")
+    out["cli_rc"], out["cli_err"] = rc, err[-2000:]
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    out["cli_metrics"] = {k: metrics.get(k) for k in
+                          ("steps", "num_devices", "num_samples", "samples_finite",
+                           "final_loss", "eval_loss", "mmd")}  # fmt: skip
+    out["cli_ckpt"] = os.path.basename(sg.latest_checkpoint(os.path.join(run,
+                                                                         "checkpoints")))
+    # `sdegen train` samples with key(seed + 1) = key(1), as `sample --seed 1`.
+    rc1, _ = cli("sample", "--out", run, "--seed", "1", "--name", "one_device")
+    samples4 = np.load(os.path.join(run, "samples.npy"))
+    samples1 = np.load(os.path.join(run, "one_device.npy"))
+    out["cli_sample_rc"] = rc1
+    out["cli_sample_shapes"] = [list(samples4.shape), list(samples1.shape)]
+    out["cli_sample_diff"] = float(np.max(np.abs(samples4 - samples1)))
+    bad_run = os.path.join(DIR, "cli_bad")
+    rc, err = cli("train", *tiny, "--out", bad_run, "--devices", "4",
+                  "--batch-size", "10")  # fmt: skip
+    out["cli_bad_rc"], out["cli_bad_err"] = rc, err
+    out["cli_bad_wrote_config"] = os.path.exists(os.path.join(bad_run, "config.json"))
+    out["t_6"] = time.perf_counter() - tick
     return out
 
 

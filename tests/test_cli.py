@@ -2,11 +2,14 @@
 
 import json
 
+import jax
+import jax.random as jr
 import numpy as np
 import pytest
 
 import sdegen as sg
-from sdegen._cli import main
+import sdegen._cli as cli
+from sdegen._cli import build_parser, draw_samples, main
 
 
 def _png(path):
@@ -75,6 +78,50 @@ def test_cli_errors(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "moons", "--out", str(tmp_path), "--sde", "xx"])
+
+
+def test_draw_samples_are_those_of_split_keys():
+    # Sample i uses jr.split(key, num)[i], whatever the chunk size and mesh: the
+    # chunked, sharded draw equals one vmap over all keys (1e-9 allows for batched
+    # rounding; the samples are O(1)).
+    sde = sg.VPSDE()
+    model = sg.nn.NoiseParam(sg.nn.MLP(2, 8, 1, key=jr.key(0)), sde)
+    key = jr.key(3)
+    ref = jax.vmap(lambda k: sg.sample_ode(k, sde, model, (2,), "heun", num_steps=4,
+                                           denoise=True))(jr.split(key, 7))  # fmt: skip
+    opts = dict(solver="heun", sampler="ode", num_steps=4, num=7, chunk=3)
+    for mesh in (None, sg.make_mesh(1)):
+        x = draw_samples(key, sde, model, (2,), mesh=mesh, **opts)
+        assert isinstance(x, np.ndarray) and x.shape == (7, 2)
+        np.testing.assert_allclose(x, np.asarray(ref), rtol=0, atol=1e-9)
+    assert np.max(np.abs(x[0] - x[1])) > 1e-3
+
+
+def test_device_options(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "distributed_initialize",
+                        lambda **kw: calls.append(kw) or (0, 1))  # fmt: skip
+    n = jax.device_count()
+    # The multi-host options initialise jax.distributed first; then --devices is
+    # checked against the devices there are (before anything is trained).
+    assert main(["train", "--dataset", "moons", "--quick", "--out", str(tmp_path),
+                 "--coordinator", "localhost:1234", "--num-processes", "1",
+                 "--process-id", "0", "--devices", str(n + 1)]) == 2  # fmt: skip
+    assert calls == [{"coordinator_address": "localhost:1234", "num_processes": 1,
+                      "process_id": 0}]  # fmt: skip
+    assert f"--devices must be in [0, {n}]" in capsys.readouterr().err
+    assert not (tmp_path / "config.json").exists()
+    # Without them: no initialisation; --devices on sample and likelihood too.
+    for command in ("sample", "likelihood"):
+        assert main([command, "--out", str(tmp_path / "nothing"), "--devices",
+                     "-1"]) == 2  # fmt: skip
+        assert "--devices must be in" in capsys.readouterr().err
+    assert len(calls) == 1
+    # --devices 0 is every device; no --devices keeps the single-device path.
+    parse = build_parser().parse_args
+    mesh = cli._setup_devices(parse(["sample", "--out", "x", "--devices", "0"]))
+    assert mesh.shape["data"] == n
+    assert cli._setup_devices(parse(["sample", "--out", "x"])) is None
 
 
 @pytest.mark.slow

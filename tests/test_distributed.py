@@ -1,11 +1,12 @@
-"""Data parallelism with jax.sharding: sharded training steps, sharded chunked
-sampling and likelihoods, checkpoints across device counts, error messages.
+"""Data parallelism with jax.sharding: `sdegen.train(..., mesh=...)`, sharded
+chunked sampling and likelihoods, checkpoints across device counts, `sdegen train
+--devices`, error messages.
 
 The 4-device checks run in a subprocess (tests/_distributed_worker.py) started with
 `XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu`, because the
 number of host devices is fixed when JAX starts. This process has one CPU device: it
-writes the 1-device checkpoint that the worker resumes on 4 devices, and resumes the
-worker's 4-device checkpoint with `sdegen.train`.
+writes the 1-device checkpoint that the worker's `sdegen.train` resumes on 4 devices,
+and resumes the worker's 4-device checkpoint with `sdegen.train` on one device.
 
 Tolerances (float64): the sharded step differs from the single-device one only by
 the order of the gradient's summation over the batch, i.e. by rounding, ~1e-16
@@ -13,11 +14,13 @@ relative; after 4 Adam steps we allow 1e-9, against parameter changes of ~1e-2 o
 the run (an error in the reduction, e.g. a sum instead of a mean or one shard's
 gradient, shows up at ~1e-3). Samples go through the same per-sample computation in
 vmapped chunks of different sizes; batched matrix products may round differently, so
-we allow 1e-9 (samples are O(1)).
+we allow 1e-9 (samples are O(1); the command line's untrained 8-step model gives
+samples of O(100), still far above the tolerance's relative rounding).
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +67,7 @@ def _arrays(tree):
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     """Write a 1-device checkpoint here, run the 4-device worker, then resume the
-    worker's 4-device checkpoint here on one device."""
+    worker's 4-device checkpoint (step 2) here on one device."""
     d = tmp_path_factory.mktemp("distributed")
     half = sg.TrainConfig.from_dict({**CFG.to_dict(), "num_steps": 2})
     sg.train(_model(), _loss, _data(), half, ckpt_dir=d / "ckpt1", progress=False)
@@ -77,25 +80,30 @@ def four_devices(tmp_path_factory):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert len(lines) == 1, proc.stdout[-3000:]
     res = json.loads(lines[0][len("RESULT ") :])
 
-    state, history = sg.train(_model(), _loss, _data(), CFG, ckpt_dir=d / "ckpt4",
+    # The 4-device run's step-2 checkpoint, alone in a folder, resumed on 1 device;
+    # against the uninterrupted 1-device run.
+    resume_dir = d / "resume_4_to_1"
+    resume_dir.mkdir()
+    shutil.copy(d / "ckpt4" / "step_000000002.ckpt", resume_dir)
+    state, history = sg.train(_model(), _loss, _data(), CFG, ckpt_dir=resume_dir,
                               progress=False)  # fmt: skip
-    ref = np.load(d / "ref.npz")
-    ref_leaves = [ref[f"a{i}"] for i in range(len(ref.files) - 1)]
+    ref, _ = sg.train(_model(), _loss, _data(), CFG, progress=False)
     mine = _arrays((state.model, state.ema_model, state.opt_state))
+    ref_leaves = _arrays((ref.model, ref.ema_model, ref.opt_state))
     assert len(mine) == len(ref_leaves)
     res["resume_4_to_1_diff"] = max(
         float(np.max(np.abs(a - b))) for a, b in zip(mine, ref_leaves)
     )
     res["resume_4_to_1_losses"] = state.losses.tolist()
-    res["ref_losses"] = ref["losses"].tolist()
-    res["resume_4_to_1_first_log"] = history["log"][0]
+    res["ref_losses"] = ref.losses.tolist()
+    res["resume_4_to_1_log"] = [[r["step"], r["num_devices"]] for r in history["log"]]
     return res
 
 
@@ -103,12 +111,16 @@ def test_worker_saw_four_devices(four_devices):
     assert four_devices["devices"] == 4
 
 
-def test_sharded_step_matches_single_device(four_devices):
+def test_train_on_four_devices_matches_one(four_devices):
     r = four_devices
     # The comparison is meaningful: the parameters moved by far more than the tolerance.
     assert r["param_change"] > 1e3 * STEP_TOL
     assert r["step_param_diff"] < STEP_TOL
     assert r["step_loss_diff"] < STEP_TOL
+    assert r["num_losses"] == [NUM_STEPS, NUM_STEPS]
+    assert r["train_log_devices"] == [4] * NUM_STEPS
+    assert r["ckpt4_names"] == ["hparams.json", "step_000000002.ckpt",
+                                "step_000000004.ckpt"]  # fmt: skip
     # Parameters replicated on all 4 devices; the batch split 4 ways (32 -> 4 x 8).
     assert r["params_replicated"] and r["params_num_devices"] == 4
     assert r["batch_shard_shapes"] == [[8, 2]] * 4
@@ -119,6 +131,9 @@ def test_sharding_errors_are_clear(four_devices):
     assert r["step_error"] is not None
     assert "global batch size 10 is not divisible by the size 4" in r["step_error"]
     assert "multiple of 4" in r["step_error"]
+    # `train` checks the batch size before it writes or compiles anything.
+    assert "global batch size 10 is not divisible by the size 4" in r["train_error"]
+    assert not r["train_error_wrote"]
     assert "global batch size 6 is not divisible by the size 4" in r["shard_error"]
     assert "`chunk_size` 6 is not divisible by the size 4" in r["chunk_error"]
 
@@ -142,20 +157,46 @@ def test_sharded_likelihood_matches_batch(four_devices):
 
 def test_checkpoint_one_device_resumes_on_four(four_devices):
     r = four_devices
-    assert r["ckpt1_name"] == "step_000000002.ckpt"
-    assert r["loaded_replicated_on"] == 4
+    # Steps 1-2 logged on 1 device (restored from the parent's checkpoint), 3-4 on 4.
+    assert r["resume_1_to_4_log"] == [[1, 1], [2, 1], [3, 4], [4, 4]]
+    assert r["resumed_replicated_on"] == 4
     assert r["resume_1_to_4_diff"] < STEP_TOL
     assert r["resume_1_to_4_loss_diff"] < STEP_TOL
 
 
 def test_checkpoint_four_devices_resumes_on_one(four_devices):
     r = four_devices
-    # sdegen.train resumed the worker's file (its log record says so) ...
-    assert r["resume_4_to_1_first_log"].get("written_on_devices") == 4
-    # ... and finished the run exactly as the single-device reference.
+    # sdegen.train resumed the worker's file (its log records say so) ...
+    assert r["resume_4_to_1_log"] == [[1, 4], [2, 4], [3, 1], [4, 1]]
+    # ... and finished the run as the uninterrupted single-device one.
     assert r["resume_4_to_1_diff"] < STEP_TOL
     np.testing.assert_allclose(r["resume_4_to_1_losses"], r["ref_losses"], rtol=0,
                                atol=STEP_TOL)  # fmt: skip
+
+
+def test_cli_train_on_four_devices(four_devices):
+    r = four_devices
+    assert r["cli_rc"] == 0, r["cli_err"]
+    assert "on 4 device(s)" in r["cli_err"]
+    m = r["cli_metrics"]
+    assert m["steps"] == 8 and m["num_devices"] == 4 and m["num_samples"] == 12
+    assert m["samples_finite"]
+    for k in ("final_loss", "eval_loss", "mmd"):
+        assert np.isfinite(m[k]), k
+    assert r["cli_ckpt"] == "step_000000008.ckpt"
+    # The 4-device samples of `sdegen train` are those `sdegen sample` draws from
+    # the same checkpoint and key on one device.
+    assert r["cli_sample_rc"] == 0
+    assert r["cli_sample_shapes"] == [[12, 2], [12, 2]]
+    assert r["cli_sample_diff"] < SAMPLE_TOL
+
+
+def test_cli_batch_not_divisible(four_devices):
+    r = four_devices
+    assert r["cli_bad_rc"] == 2
+    assert "sdegen train: error: The global batch size 10 is not divisible by the " \
+        "size 4" in r["cli_bad_err"]  # fmt: skip
+    assert not r["cli_bad_wrote_config"]
 
 
 # ---------------------------------------------------------------- one device

@@ -23,6 +23,7 @@ import jax.random as jr
 import jax.scipy as jsp
 import numpy as np
 import pytest
+
 import sdegen as sg
 
 from .helpers import SDES, eight_gaussians, mixture_3d

@@ -200,3 +200,69 @@ def test_learns_eight_gaussians_score():
     data = gmm.sample(jr.key(6), 1000)
     floor = float(sg.metrics.mmd(gmm.sample(jr.key(7), 1000), data))
     assert float(sg.metrics.mmd(samples, data)) < 3 * floor + 3e-3
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(
+        lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, tree
+    )
+
+
+def test_make_step_accepts_the_model_as_its_own_ema():
+    # Reported bug: `step(model, model, ...)` failed with XLA's "Attempt to donate
+    # the same buffer twice". Arrays shared between the donated arguments are now
+    # copied first, so the result is that of separate buffers, bit for bit.
+    _, model, loss_fn = _setup()
+    opt = sg.make_optimizer(sg.TrainConfig(lr=1e-2, warmup=0))
+    step = sg.make_step(loss_fn, opt, ema_decay=0.9)
+    batch = sg.data.eight_gaussians_sampler(jr.key(0), 64)
+    init = lambda m: opt.init(eqx.filter(m, eqx.is_inexact_array))
+    m = _copy(model)
+    ref = step(m, _copy(model), init(m), batch, jr.key(1))
+    m = _copy(model)
+    same = step(m, m, init(m), batch, jr.key(1))
+    assert _bits(same) == _bits(ref)
+    # Only one array shared between the model and the EMA.
+    m = _copy(model)
+    ema = eqx.tree_at(lambda t: t.net.layer_out.weight, _copy(model),
+                      m.net.layer_out.weight)  # fmt: skip
+    partly = step(m, ema, init(m), batch, jr.key(1))
+    assert _bits(partly) == _bits(ref)
+    # The step did train: the weights moved, and the EMA sits between.
+    w0 = np.asarray(model.net.layer_out.weight)
+    w1, e1 = np.asarray(same[0].net.layer_out.weight), np.asarray(
+        same[1].net.layer_out.weight)  # fmt: skip
+    assert np.max(np.abs(w1 - w0)) > 1e-4
+    np.testing.assert_allclose(e1, 0.9 * w0 + 0.1 * w1, rtol=1e-12, atol=1e-15)
+
+
+def test_train_on_a_one_device_mesh(tmp_path):
+    # `mesh=` on one device: the sharded step follows the plain one (same global
+    # batches and keys; float64 rounding only, 1e-12 against changes of ~1e-2), and
+    # the run checkpoints and resumes as usual. Several devices are checked in
+    # tests/test_distributed.py.
+    _, model, loss_fn = _setup()
+    data = sg.data.eight_gaussians_sampler(jr.key(0), 100)
+    cfg = sg.TrainConfig(num_steps=4, batch_size=16, lr=1e-2, warmup=0, ema_decay=0.9,
+                         log_every=2, ckpt_every=2, seed=5)  # fmt: skip
+    mesh = sg.make_mesh(1)
+    plain, _ = sg.train(model, loss_fn, data, cfg, progress=False)
+    sharded, hist = sg.train(model, loss_fn, data, cfg, ckpt_dir=tmp_path, mesh=mesh,
+                             progress=False)  # fmt: skip
+    leaves = lambda s: [np.asarray(x) for x in jax.tree_util.tree_leaves(
+        eqx.filter((s.model, s.ema_model, s.opt_state), eqx.is_array))]  # fmt: skip
+    weights = lambda m: jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))
+    moved = max(float(jnp.max(jnp.abs(a - b)))
+                for a, b in zip(weights(plain.model), weights(model)))  # fmt: skip
+    assert moved > 1e-3
+    for a, b in zip(leaves(plain), leaves(sharded), strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(sharded.losses, plain.losses, rtol=0, atol=1e-12)
+    assert [(r["step"], r["num_devices"]) for r in hist["log"]] == [(2, 1), (4, 1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hparams.json", "step_000000002.ckpt", "step_000000004.ckpt"]  # fmt: skip
+    # Resumed without a mesh from the mesh run's step-2 checkpoint.
+    (tmp_path / "step_000000004.ckpt").unlink()
+    resumed, _ = sg.train(model, loss_fn, data, cfg, ckpt_dir=tmp_path, progress=False)
+    for a, b in zip(leaves(plain), leaves(resumed), strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
