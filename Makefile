@@ -19,8 +19,8 @@ lint: install
 
 # lint, the whole test suite (slow statistical checks included), and a strict docs build
 test: install lint
-	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
-	$(BIN)/mkdocs build --strict -q -d /tmp/sdegen-site
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider --durations=15
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d /tmp/sdegen-site
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
