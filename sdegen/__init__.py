@@ -50,7 +50,10 @@ from ._guidance import (
     classifier_free_guidance as classifier_free_guidance,
     classifier_guidance as classifier_guidance,
 )
-from ._integrate import fixed_solve as fixed_solve
+from ._integrate import (
+    GridBrownianPath as GridBrownianPath,
+    fixed_solve as fixed_solve,
+)
 from ._inverse import (
     DPSScore as DPSScore,
     MixturePosterior as MixturePosterior,

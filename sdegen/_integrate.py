@@ -6,12 +6,15 @@
 - `adaptive_solve`: `diffrax.diffeqsolve` with a PID controller.
 """
 
+import math
 from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import jax.random as jr
 from jaxtyping import Array, Float, PyTree
 
 
@@ -120,3 +123,70 @@ def adaptive_solve(
         num_steps=sol.stats["num_steps"],
         num_accepted_steps=sol.stats["num_accepted_steps"],
     )
+
+
+class GridBrownianPath(diffrax.AbstractBrownianPath):
+    r"""Brownian motion sampled on a fixed grid $u_0 < \dots < u_n$: the increment over
+    step $i$ is $\sqrt{u_{i+1} - u_i}\,\xi_i$ with $\xi_i \sim \mathcal{N}(0, I)$ drawn
+    up front from one key (and, for SRK solvers, the space-time Lévy area
+    $H_i = \sqrt{(u_{i+1} - u_i)/12}\,\eta_i$ from independent normals).
+
+    The noise of a whole solve is one batched random draw instead of a hash per step,
+    so fixed-step sampling costs what a hand-written loop costs; results depend only on
+    the key (not on the batch size). Only valid for solvers that step exactly on the
+    grid, as [`sdegen.fixed_solve`][] does; use `diffrax.VirtualBrownianTree` for
+    adaptive steps.
+    """
+
+    ts: Float[Array, " times"]
+    w: Array
+    h: Array | None
+    levy_area: type = eqx.field(static=True)
+
+    def __init__(self, ts, shape: jax.ShapeDtypeStruct, key, levy_area=diffrax.BrownianIncrement):
+        n = ts.shape[0] - 1
+        self.ts = ts
+        self.levy_area = levy_area
+        kw, kh = jr.split(key)
+        self.w = jr.normal(kw, (n, *shape.shape), shape.dtype)
+        if levy_area is diffrax.BrownianIncrement:
+            self.h = None
+        elif levy_area is diffrax.SpaceTimeLevyArea:
+            self.h = jr.normal(kh, (n, *shape.shape), shape.dtype)
+        else:
+            raise ValueError(
+                "GridBrownianPath provides BrownianIncrement or SpaceTimeLevyArea, got "
+                f"{levy_area.__name__}; use diffrax.VirtualBrownianTree instead."
+            )
+
+    @property
+    def t0(self):
+        return self.ts[0]
+
+    @property
+    def t1(self):
+        return self.ts[-1]
+
+    def evaluate(self, t0, t1=None, left=True, use_levy=False):
+        del left
+        n = self.w.shape[0]
+        # the step whose start is nearest t0 (robust to rounding in t0)
+        mid = 0.5 * (self.ts[:-1] + self.ts[1:])
+        i = jnp.clip(jnp.searchsorted(mid, t0, side="right"), 0, n - 1)
+        dt = (t1 - t0).astype(self.w.dtype)
+        root = jnp.sqrt(dt)
+        w = self.w[i] * root
+        if not use_levy:
+            return w
+        if self.h is None:
+            return diffrax.BrownianIncrement(dt=dt, W=w)
+        return diffrax.SpaceTimeLevyArea(dt=dt, W=w, H=self.h[i] * root / math.sqrt(12))
+
+
+def grid_brownian(us, shape: jax.ShapeDtypeStruct, key, levy_area) -> diffrax.AbstractBrownianPath:
+    """The Brownian path for a fixed-step solve on the grid `us`: a
+    [`sdegen.GridBrownianPath`][], or `diffrax.UnsafeBrownianPath` for the solvers that
+    need space-time-time Lévy area."""
+    if levy_area is diffrax.SpaceTimeTimeLevyArea:
+        return diffrax.UnsafeBrownianPath(shape=shape, key=key, levy_area=levy_area)
+    return GridBrownianPath(us, shape, key, levy_area)

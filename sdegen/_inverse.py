@@ -47,7 +47,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
-from ._integrate import levy_area_for
+from ._integrate import grid_brownian, levy_area_for
 from ._misc import (
     as_float_array,
     check_positive,
@@ -297,11 +297,9 @@ def _langevin(sde, score, t, t_next, x, key, steps, snr):
 def _pc_loop(key, sde, score, x_init, ts, solver, corrector_steps, snr, project,
              denoise):  # fmt: skip
     k_bm, k_loop = jr.split(key)
-    brownian = diffrax.UnsafeBrownianPath(
-        shape=_sds(x_init), key=k_bm, levy_area=levy_area_for(solver)
-    )
-    terms = reverse_terms(sde, score, brownian, reversed_time=True)
     us = (sde.T - ts).astype(x_init.dtype)
+    brownian = grid_brownian(us, _sds(x_init), k_bm, levy_area_for(solver))
+    terms = reverse_terms(sde, score, brownian, reversed_time=True)
     state = solver.init(terms, us[0], us[1], x_init, None)
     n = ts.shape[0] - 1
     xs = (ts[:-1], ts[1:], us[:-1], us[1:], jr.split(k_loop, n))

@@ -36,7 +36,7 @@ from ._custom_types import (
     RealScalarLike,
     Scalar,
 )
-from ._integrate import levy_area_for
+from ._integrate import grid_brownian, levy_area_for
 from ._misc import check_shape_arg, concrete_float
 from ._sample import _check_eps, _check_num_steps, _check_x, _sds, _tweedie
 from ._sde import VESDE, VPSDE, AbstractSDE
@@ -356,9 +356,8 @@ def _resolve_corrector(corrector, snr, corrector_steps) -> AbstractCorrector:
 @eqx.filter_jit
 def _pc_loop(key_path, key_corr, sde, score, x_init, ts, predictor, corrector, save):
     levy = diffrax.BrownianIncrement if predictor is None else predictor.levy_area()
-    brownian = diffrax.UnsafeBrownianPath(
-        shape=_sds(x_init), key=key_path, levy_area=levy
-    )
+    brownian = grid_brownian((sde.T - ts).astype(x_init.dtype), _sds(x_init), key_path,
+                             levy)  # fmt: skip
 
     def body(x, inp):
         t0, t1, k = inp

@@ -16,7 +16,7 @@ import jax.random as jr
 import numpy as np
 
 from ._custom_types import Array, DataLike, KeyArray, RealScalarLike
-from ._integrate import adaptive_solve, fixed_solve, levy_area_for
+from ._integrate import adaptive_solve, fixed_solve, grid_brownian, levy_area_for
 from ._misc import (
     as_float_array,
     check_shape_arg,
@@ -105,9 +105,7 @@ def _tweedie(sde: AbstractSDE, score: Callable, t, x):
 
 @eqx.filter_jit
 def _sample_sde_fixed(key, sde, score, x_init, us, solver, save):
-    brownian = diffrax.UnsafeBrownianPath(
-        shape=_sds(x_init), key=key, levy_area=levy_area_for(solver)
-    )
+    brownian = grid_brownian(us, _sds(x_init), key, levy_area_for(solver))
     terms = reverse_terms(sde, score, brownian, reversed_time=True)
     return fixed_solve(terms, solver, us, x_init, save_trajectory=save)
 
