@@ -54,6 +54,7 @@ from ._misc import (
     check_shape_arg,
     error_if_not_finite,
     is_concrete,
+    shape_dtype as _sds,
 )
 from ._sample import _tweedie
 from ._sde import AbstractSDE
@@ -267,10 +268,6 @@ class _LinearProjection(eqx.Module):
 
 
 # ---------------------------------------------------------------- the PC loop
-
-
-def _sds(x):
-    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
 
 def _langevin(sde, score, t, t_next, x, key, steps, snr):

@@ -92,3 +92,8 @@ def as_float_array(x: Any, name: str) -> jax.Array:
         else:
             raise ValueError(f"`{name}` must be a real array, got dtype {arr.dtype}.")
     return arr
+
+
+def shape_dtype(x: Any) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of `x`, e.g. for a Brownian path that must match it."""
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))

@@ -37,8 +37,8 @@ from ._custom_types import (
     Scalar,
 )
 from ._integrate import grid_brownian, levy_area_for
-from ._misc import check_shape_arg, concrete_float
-from ._sample import _check_eps, _check_num_steps, _check_x, _sds, _tweedie
+from ._misc import check_shape_arg, concrete_float, shape_dtype as _sds
+from ._sample import _check_eps, _check_num_steps, _check_x, _tweedie
 from ._sde import VESDE, VPSDE, AbstractSDE
 from ._solver_table import SOLVERS, _normalise, solver as get_solver
 from ._terms import _check_score, _check_sde, reverse_terms

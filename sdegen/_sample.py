@@ -10,7 +10,6 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -23,6 +22,7 @@ from ._misc import (
     concrete_float,
     error_if_not_finite,
     is_concrete,
+    shape_dtype as _sds,
 )
 from ._sde import AbstractSDE
 from ._solver_table import SOLVERS, _normalise, solver as get_solver
@@ -108,10 +108,6 @@ def _sample_sde_fixed(key, sde, score, x_init, us, solver, save):
     brownian = grid_brownian(us, _sds(x_init), key, levy_area_for(solver))
     terms = reverse_terms(sde, score, brownian, reversed_time=True)
     return fixed_solve(terms, solver, us, x_init, save_trajectory=save)
-
-
-def _sds(x):
-    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
 
 @eqx.filter_jit
