@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from ._checks import as_float_array, check_shape_arg
 from ._custom_types import Data, KeyArray, RealScalarLike, Scalar
-from ._misc import as_float_array, check_shape_arg, default_float
+from ._misc import default_float
 from ._sde import AbstractSDE
 from ._terms import _check_sde
 

@@ -19,8 +19,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._checks import check_finite_scalar, check_positive
 from ._custom_types import Data, RealScalarLike
-from ._misc import check_finite_scalar, check_positive
 
 
 def _check_callable(name: str, f: Any, what: str) -> None:

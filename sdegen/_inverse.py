@@ -46,16 +46,15 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
-from ._integrate import grid_brownian, levy_area_for
-from ._misc import (
+from ._checks import (
     as_float_array,
     check_positive,
     check_shape_arg,
     error_if_not_finite,
-    is_concrete,
-    shape_dtype as _sds,
 )
+from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
+from ._integrate import grid_brownian, levy_area_for
+from ._misc import is_concrete, shape_dtype as _sds
 from ._sample import _tweedie
 from ._sde import AbstractSDE
 from ._solver_table import solver as get_solver

@@ -15,14 +15,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import as_float_array, check_shape_arg, concrete_float
 from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
-from ._misc import (
-    as_float_array,
-    check_shape_arg,
-    concrete_float,
-    default_float,
-    is_concrete,
-)
+from ._misc import default_float, is_concrete
 from ._sample import _check_num_steps, _check_x
 
 

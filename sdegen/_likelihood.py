@@ -33,8 +33,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Shaped
 
+from ._checks import as_float_array, concrete_float, error_if_not_finite
 from ._custom_types import BatchLike, Data, DataLike, KeyArray, RealScalarLike, Scalar
-from ._misc import as_float_array, concrete_float, error_if_not_finite, is_concrete
+from ._misc import is_concrete
 from ._sde import AbstractSDE
 from ._solver_table import solver as get_solver
 from ._terms import _check_score, _check_sde, _ScoreDrift

@@ -32,8 +32,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Real
 
+from ._checks import as_float_array, concrete_float
 from ._custom_types import KeyArray, RealScalarLike, Scalar
-from ._misc import as_float_array, concrete_float, is_concrete
+from ._misc import is_concrete
 from ._sde import AbstractSDE
 
 

@@ -27,6 +27,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 
+from ._checks import check_shape_arg, concrete_float
 from ._custom_types import (
     Array,
     Data,
@@ -37,7 +38,7 @@ from ._custom_types import (
     Scalar,
 )
 from ._integrate import grid_brownian, levy_area_for
-from ._misc import check_shape_arg, concrete_float, shape_dtype as _sds
+from ._misc import shape_dtype as _sds
 from ._sample import _check_eps, _check_num_steps, _check_x, _tweedie
 from ._sde import VESDE, VPSDE, AbstractSDE
 from ._solver_table import SOLVERS, _normalise, solver as get_solver

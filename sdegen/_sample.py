@@ -14,16 +14,15 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from ._custom_types import Array, DataLike, KeyArray, RealScalarLike
-from ._integrate import adaptive_solve, fixed_solve, grid_brownian, levy_area_for
-from ._misc import (
+from ._checks import (
     as_float_array,
     check_shape_arg,
     concrete_float,
     error_if_not_finite,
-    is_concrete,
-    shape_dtype as _sds,
 )
+from ._custom_types import Array, DataLike, KeyArray, RealScalarLike
+from ._integrate import adaptive_solve, fixed_solve, grid_brownian, levy_area_for
+from ._misc import is_concrete, shape_dtype as _sds
 from ._sde import AbstractSDE
 from ._solver_table import SOLVERS, _normalise, solver as get_solver
 from ._terms import _check_score, _check_sde, probability_flow_term, reverse_terms

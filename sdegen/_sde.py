@@ -18,8 +18,9 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 
+from ._checks import check_shape_arg, concrete_float
 from ._custom_types import Data, KeyArray, RealScalarLike, Scalar
-from ._misc import check_shape_arg, concrete_float, default_float
+from ._misc import default_float
 
 
 def _as_time(t: RealScalarLike) -> Scalar:

@@ -1,93 +1,167 @@
-"""The one table that maps solver names to diffrax solvers.
+"""The one table of every name sdegen accepts: solvers (diffrax's and sdegen's own),
+predictor aliases, correctors, loss weightings, DDPM variances and time grids.
 
 Names are a convenience at the edge: every function that takes a solver name also
-takes any `diffrax.AbstractSolver` instance.
+takes any `diffrax.AbstractSolver` instance, and every other name has an object form.
+Each row says what the name is; [`lookup`][] resolves a name once, at the entry point,
+and an unknown name raises a `ValueError` that lists the known ones of that kind.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import diffrax
 
 
+KINDS = ("solver", "predictor", "corrector", "weighting", "variance", "grid")
+
+
 @dataclass(frozen=True)
 class SolverInfo:
-    """One row of [`sdegen.SOLVERS`][]."""
+    """One row of the name table ([`sdegen.SOLVERS`][] holds the solver rows,
+    [`sdegen.REGISTRY`][] every kind)."""
 
     name: str
-    make: Callable[[], diffrax.AbstractSolver]
-    sde: bool
-    """Usable on the reverse SDE (additive noise)."""
-    ode: bool
-    """Usable on the probability-flow ODE."""
-    order: str
-    """Convergence order: strong order on additive-noise SDEs and/or ODE order."""
-    adaptive: bool
-    """Has an embedded error estimate, so works with a PID step-size controller."""
+    make: Callable[..., Any]
+    """Builds the object the name stands for (a solver, corrector, weighting, ...)."""
     description: str
+    kind: str = "solver"
+    """One of `"solver"`, `"predictor"`, `"corrector"`, `"weighting"`, `"variance"`,
+    `"grid"`."""
+    sde: bool = False
+    """Solves the reverse-time SDE."""
+    ode: bool = False
+    """Solves the probability-flow ODE."""
+    order: str = ""
+    """Convergence order: strong order on additive-noise SDEs and/or ODE order."""
+    adaptive: bool = False
+    """Has an embedded error estimate, so works with a PID step-size controller."""
+    evals_per_step: int = 1
+    """Score evaluations per step of a fixed-step solve."""
+    reference: str = ""
+    """The paper the method comes from."""
 
 
-def _row(name, make, sde, ode, order, adaptive, description):
-    return name, SolverInfo(name, make, sde, ode, order, adaptive, description)
+def _lazy(module: str, name: str, **kwargs: Any) -> Callable[..., Any]:
+    """`make` for a class defined in another sdegen module (imported on first use,
+    so that this table can be read without importing the solvers)."""
+
+    def make(**more: Any) -> Any:
+        import importlib
+
+        cls = getattr(importlib.import_module(module, __package__), name)
+        return cls(**{**kwargs, **more})
+
+    return make
 
 
-SOLVERS: dict[str, SolverInfo] = dict(
-    [
-        _row("euler_maruyama", diffrax.Euler, True, False, "SDE 1.0", False,
-             "Euler–Maruyama: one score call per step; the classic sampler."),
-        _row("euler", diffrax.Euler, False, True, "ODE 1", False,
-             "Explicit Euler on the probability-flow ODE."),
-        _row("heun", diffrax.Heun, True, True, "SDE 1.0 / ODE 2", True,
-             "Heun's method (EDM's second-order sampler); two calls per step."),
-        _row("euler_heun", diffrax.EulerHeun, True, False, "SDE 1.0", False,
-             "Euler–Heun, a Stratonovich predictor–corrector scheme."),
-        _row("midpoint", diffrax.Midpoint, True, True, "SDE 1.0 / ODE 2", True,
-             "Explicit midpoint; two calls per step."),
-        _row("ralston", diffrax.Ralston, True, True, "SDE 1.0 / ODE 2", True,
-             "Ralston's second-order method with minimal truncation error."),
-        _row("sra1", diffrax.SRA1, True, False, "SDE 1.5", True,
-             "Rößler's SRA1 stochastic Runge–Kutta for additive noise."),
-        _row("shark", diffrax.ShARK, True, False, "SDE 1.5", True,
-             "ShARK: SRK for additive noise using space-time Lévy area."),
-        _row("sea", diffrax.SEA, True, False, "SDE 1.0", False,
-             "Shifted Euler: cheap SRK for additive noise."),
-        _row("spark", diffrax.SPaRK, True, False, "SDE 1.5", True,
-             "SPaRK: SRK built for adaptive stepping."),
-        _row("general_shark", diffrax.GeneralShARK, True, False, "SDE 1.5", True,
-             "ShARK for general (non-additive) noise."),
-        _row("slow_rk", diffrax.SlowRK, True, False, "SDE 1.5", True,
-             "SLOW-RK for commutative noise."),
-        _row("bosh3", diffrax.Bosh3, False, True, "ODE 3", True,
-             "Bogacki–Shampine 3(2)."),
-        _row("tsit5", diffrax.Tsit5, False, True, "ODE 5", True,
-             "Tsitouras 5(4): the usual adaptive default."),
-        _row("dopri5", diffrax.Dopri5, False, True, "ODE 5", True,
-             "Dormand–Prince 5(4), the RK45 of scipy and torchdiffeq."),
-        _row("dopri8", diffrax.Dopri8, False, True, "ODE 8", True,
-             "Dormand–Prince 8(7) for tight tolerances."),
-    ]
-)  # fmt: skip
-"""Every solver name sdegen accepts, mapped to its [`sdegen.SolverInfo`][] row:
-the diffrax class, whether it suits the reverse SDE and/or the probability-flow ODE,
-its order, whether it can step adaptively, and a one-line description. The same
-table is printed by `sdegen solvers`."""
+def _s(name, make, description, *, sde=False, ode=False, order="", adaptive=False,
+       evals=1, reference=""):  # fmt: skip
+    return SolverInfo(name, make, description, "solver", sde, ode, order, adaptive,
+                      evals, reference)  # fmt: skip
+
+
+_ROWS: list[SolverInfo] = [
+    # ---------------------------------------------------------------- diffrax solvers
+    _s("euler_maruyama", diffrax.Euler,
+       "Euler–Maruyama: one score call per step; the classic sampler (score_sde's "
+       "reverse-diffusion predictor).", sde=True, order="SDE 1.0"),
+    _s("euler", diffrax.Euler, "Explicit Euler on the probability-flow ODE.",
+       ode=True, order="ODE 1"),
+    _s("heun", diffrax.Heun,
+       "Heun's method (EDM's second-order sampler); two calls per step.",
+       sde=True, ode=True, order="SDE 1.0 / ODE 2", adaptive=True, evals=2),
+    _s("euler_heun", diffrax.EulerHeun,
+       "Euler–Heun, a Stratonovich predictor–corrector scheme.", sde=True,
+       order="SDE 1.0", evals=2),
+    _s("midpoint", diffrax.Midpoint, "Explicit midpoint; two calls per step.",
+       sde=True, ode=True, order="SDE 1.0 / ODE 2", adaptive=True, evals=2),
+    _s("ralston", diffrax.Ralston,
+       "Ralston's second-order method with minimal truncation error.", sde=True,
+       ode=True, order="SDE 1.0 / ODE 2", adaptive=True, evals=2),
+    _s("sra1", diffrax.SRA1, "Rößler's SRA1 stochastic Runge–Kutta for additive noise.",
+       sde=True, order="SDE 1.5", adaptive=True, evals=2),
+    _s("shark", diffrax.ShARK,
+       "ShARK: SRK for additive noise using space-time Lévy area.", sde=True,
+       order="SDE 1.5", adaptive=True, evals=2),
+    _s("sea", diffrax.SEA, "Shifted Euler: cheap SRK for additive noise.", sde=True,
+       order="SDE 1.0"),
+    _s("spark", diffrax.SPaRK, "SPaRK: SRK built for adaptive stepping.", sde=True,
+       order="SDE 1.5", adaptive=True, evals=3),
+    _s("general_shark", diffrax.GeneralShARK, "ShARK for general (non-additive) noise.",
+       sde=True, order="SDE 1.5", adaptive=True, evals=3),
+    _s("slow_rk", diffrax.SlowRK, "SLOW-RK for commutative noise.", sde=True,
+       order="SDE 1.5", adaptive=True, evals=5),
+    _s("bosh3", diffrax.Bosh3, "Bogacki–Shampine 3(2).", ode=True, order="ODE 3",
+       adaptive=True, evals=3),
+    _s("tsit5", diffrax.Tsit5, "Tsitouras 5(4): the usual adaptive default.",
+       ode=True, order="ODE 5", adaptive=True, evals=6),
+    _s("dopri5", diffrax.Dopri5,
+       "Dormand–Prince 5(4), the RK45 of scipy and torchdiffeq.", ode=True,
+       order="ODE 5", adaptive=True, evals=6),
+    _s("dopri8", diffrax.Dopri8, "Dormand–Prince 8(7) for tight tolerances.",
+       ode=True, order="ODE 8", adaptive=True, evals=12),
+]  # fmt: skip
+
+
+def _register(rows: list[SolverInfo]) -> dict[str, dict[str, SolverInfo]]:
+    table: dict[str, dict[str, SolverInfo]] = {k: {} for k in KINDS}
+    for row in rows:
+        if row.kind not in table:
+            raise ValueError(f"Unknown kind {row.kind!r} of row {row.name!r}.")
+        if row.name in table[row.kind]:
+            raise ValueError(f"Duplicate {row.kind} name {row.name!r}.")
+        table[row.kind][row.name] = row
+    return table
+
+
+REGISTRY: dict[str, dict[str, SolverInfo]] = _register(_ROWS)
+"""Every name sdegen accepts, by kind (`REGISTRY["solver"]`, `REGISTRY["corrector"]`,
+...), each mapped to its [`sdegen.SolverInfo`][] row."""
+
+SOLVERS: dict[str, SolverInfo] = REGISTRY["solver"]
+"""Every solver name sdegen accepts, mapped to its [`sdegen.SolverInfo`][] row: how
+to build it, whether it suits the reverse SDE and/or the probability-flow ODE, its
+order, whether it can step adaptively, its score evaluations per step, and a one-line
+description. The same table is printed by `sdegen solvers`."""
 
 
 def _normalise(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
-def _unknown(name, kind: str | None) -> ValueError:
-    names = [n for n, i in SOLVERS.items() if kind is None or getattr(i, kind)]
-    what = "" if kind is None else f" {kind.upper()}"
-    return ValueError(
-        f"Unknown{what} solver {name!r}. Known{what} solver names: {', '.join(names)}. "
-        "Any diffrax.AbstractSolver instance is accepted too."
-    )
+def known(kind: str, predicate: Callable[[SolverInfo], bool] | None = None) -> list[str]:
+    """The names of one kind (those whose row satisfies `predicate`)."""
+    return [n for n, r in REGISTRY[kind].items() if predicate is None or predicate(r)]
+
+
+def lookup(kind: str, name: Any, *, arg: str | None = None,
+           predicate: Callable[[SolverInfo], bool] | None = None,
+           what: str = "") -> SolverInfo:  # fmt: skip
+    """The row of `name` among the names of `kind`, or a `ValueError` naming the
+    argument `arg` and listing the known names (restricted by `predicate`, described
+    by `what`, e.g. `"SDE"`)."""
+    arg = arg or kind
+    known_names = known(kind, predicate)
+    row = REGISTRY[kind].get(_normalise(name)) if isinstance(name, str) else None
+    if row is None or (predicate is not None and not predicate(row)):
+        qualifier = f" {what}" if what else ""
+        raise ValueError(
+            f"Unknown{qualifier} {kind} {name!r} for `{arg}`. Known{qualifier} "
+            f"{kind} names: {', '.join(known_names)}."
+        )
+    return row
+
+
+def _solver_kind(kind: str | None) -> Callable[[SolverInfo], bool] | None:
+    if kind is None:
+        return None
+    return lambda row: getattr(row, kind)
 
 
 def solver(name: str | diffrax.AbstractSolver, kind: str | None = None) -> diffrax.AbstractSolver:
-    """A diffrax solver from its name, or the instance itself.
+    """A solver from its name, or the instance itself.
 
     **Arguments:**
 
@@ -113,24 +187,38 @@ def solver(name: str | diffrax.AbstractSolver, kind: str | None = None) -> diffr
             "`solver` must be a solver name (see sdegen.SOLVERS) or a "
             f"diffrax.AbstractSolver instance, got {type(name).__name__}."
         )
-    info = SOLVERS.get(_normalise(name))
-    if info is None:
-        raise _unknown(name, kind)
-    if kind is not None and not getattr(info, kind):
-        raise _unknown(name, kind)
-    return info.make()
+    what = "" if kind is None else kind.upper()
+    row = lookup("solver", name, arg="solver", predicate=_solver_kind(kind), what=what)
+    return row.make()
+
+
+def solver_info(solver: Any) -> SolverInfo | None:
+    """The row of a solver name, or of the row whose class a solver instance has."""
+    if isinstance(solver, str):
+        return SOLVERS.get(_normalise(solver))
+    for row in SOLVERS.values():
+        if isinstance(row.make, type) and type(solver) is row.make:
+            return row
+    return None
 
 
 def solver_table() -> str:
     """The table of solver names as Markdown, for the CLI and the docs."""
     lines = [
-        "| name | SDE | ODE | order | adaptive | description |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| name | SDE | ODE | order | adaptive | calls/step | description |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    yes = lambda b: "yes" if b else "no"
     for n, i in SOLVERS.items():
-        yes = lambda b: "yes" if b else "no"
         lines.append(
             f"| `{n}` | {yes(i.sde)} | {yes(i.ode)} | {i.order} | {yes(i.adaptive)} | "
-            f"{i.description} |"
+            f"{i.evals_per_step} | {i.description} |"
         )
+    return "\n".join(lines)
+
+
+def names_table(kind: str) -> str:
+    """The rows of one kind as a Markdown table."""
+    lines = ["| name | description |", "| --- | --- |"]
+    lines += [f"| `{n}` | {r.description} |" for n, r in REGISTRY[kind].items()]
     return "\n".join(lines)

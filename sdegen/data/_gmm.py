@@ -18,8 +18,9 @@ import jax.scipy as jsp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import as_float_array
 from .._custom_types import KeyArray, RealScalarLike, Scalar
-from .._misc import as_float_array, is_concrete
+from .._misc import is_concrete
 from .._sde import AbstractSDE
 
 
