@@ -1,4 +1,7 @@
 # sdegen developer commands. `make test` is what CI runs.
+# `install` puts the package in .venv with every extra the tests, the docs and the
+# command line use: dev (pytest, ruff, scipy), docs (mkdocs), cli (datasets, pillow,
+# scikit-learn, matplotlib, tensorboardX).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,docs,cli]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,8 +28,9 @@ test: install lint
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2.0
 docs: install
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 demo: install
 	$(BIN)/sdegen demo --out out

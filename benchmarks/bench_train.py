@@ -1,21 +1,36 @@
-"""Training throughput: sdegen's `make_step` (equinox.filter_jit, EMA, donation)
-against a minimal hand-written `jax.jit` + optax step on the same model, loss, batch
-and optimiser, measured in the same run.
+"""Training cost: the loss and its gradient, the full step, and the memory of
+streamed data.
 
-Models: an MLP on 2-D data and the U-Net on the 8x8 digits, batch 128 by default.
-Reported: median steps/s over several timed blocks after compilation.
+1. `sdegen.dsm_loss` + gradient against a hand-written JAX DSM loss (the same maths:
+   VP SDE, t ~ U(eps, 1), sigma^2 weighting, sum over entries, batch mean), both
+   under `jax.jit(jax.value_and_grad)`, on the MLP of the 2-D toy sets, the MLP of
+   the digits demo (EDM preconditioning, EDM weighting) and a small U-Net.
+2. `sdegen.make_step` (equinox.filter_jit, EMA with warm-up, donation) against a
+   minimal hand-written `jax.jit` + optax step on the same model, loss and optimiser.
+3. Peak resident memory of `sdegen.train` on a data set 10x the digits, streamed
+   from a `datasets.Dataset` saved to disk (`sdegen.data.DatasetSource`) against the
+   same data stacked into one array, each in a fresh process.
 
-    python benchmarks/bench_train.py [--batch-size 128] [--steps 50] [--repeats 5]
+Timings interleave the contenders (A, B, A, B, ...) in one process, so that load from
+other processes hits both alike, and report medians and the ratio of medians.
+
+    python benchmarks/bench_train.py [--batch-size 128] [--calls 20] [--rounds 7]
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import optax
 
 import sdegen as sg
@@ -27,104 +42,246 @@ def _copy(tree):
     )
 
 
-def _time(run_block, steps, repeats):
-    run_block(steps)  # compile and warm up
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_block(steps)
-        rates.append(steps / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def interleave(contenders: dict, rounds: int) -> dict:
+    """`contenders[name]()` runs one timed block; each is warmed up, then run
+    `rounds` times in turn. Returns the median seconds per block of each."""
+    for f in contenders.values():
+        f()
+    times = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for k, f in contenders.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_sdegen(model, loss_fn, batch, steps, repeats):
-    cfg = sg.TrainConfig(lr=1e-4, warmup=10, grad_clip=1.0, ema_decay=0.999)
-    opt = sg.make_optimizer(cfg)
-    step = sg.make_step(loss_fn, opt, cfg.ema_decay)
-    state = {"m": _copy(model), "e": _copy(model),
-             "o": opt.init(eqx.filter(model, eqx.is_inexact_array))}  # fmt: skip
-    key = jr.key(0)
-
-    def block(n):
-        m, e, o = state["m"], state["e"], state["o"]
-        for i in range(n):
-            m, e, o, loss = step(m, e, o, batch, jr.fold_in(key, i))
-        loss.block_until_ready()
-        state.update(m=m, e=e, o=o)
-
-    return _time(block, steps, repeats)
+# ---------------------------------------------------------------- 1. loss + gradient
 
 
-def bench_baseline(model, loss_fn, batch, steps, repeats):
-    """The minimal step: split the model once into arrays and static structure, one
-    `jax.jit` over (params, ema, opt_state, batch, key), same optax chain, same EMA."""
-    opt = optax.chain(optax.clip_by_global_norm(1.0),
-                      optax.adam(optax.linear_schedule(0.0, 1e-4, 10)))  # fmt: skip
-    params, static = eqx.partition(_copy(model), eqx.is_inexact_array)
-    ema = _copy(params)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, ema, opt_state, batch, key):
-        def f(p):
-            return loss_fn(eqx.combine(p, static), batch, key)
-
-        loss, grads = jax.value_and_grad(f)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ema = jax.tree_util.tree_map(lambda e, p: 0.999 * e + 0.001 * p, ema, params)
-        return params, ema, opt_state, loss
-
-    state = {"p": params, "e": ema, "o": opt_state}
-    key = jr.key(0)
-
-    def block(n):
-        p, e, o = state["p"], state["e"], state["o"]
-        for i in range(n):
-            p, e, o, loss = step(p, e, o, batch, jr.fold_in(key, i))
-        loss.block_until_ready()
-        state.update(p=p, e=e, o=o)
-
-    return _time(block, steps, repeats)
+def hand_dsm(model, sde, weighting, x0, key, eps=1e-5):
+    """Hand-written VP DSM: batch draws of t and z, closed-form alpha, sigma."""
+    b = x0.shape[0]
+    kt, kz = jr.split(key)
+    t = jr.uniform(kt, (b,), x0.dtype, eps, sde.T)
+    z = jr.normal(kz, x0.shape, x0.dtype)
+    integral = sde.beta_min * t + 0.5 * t**2 * (sde.beta_max - sde.beta_min)
+    alpha, sigma = jnp.exp(-0.5 * integral), jnp.sqrt(-jnp.expm1(-integral))
+    expand = (slice(None),) + (None,) * (x0.ndim - 1)
+    xt = alpha[expand] * x0 + sigma[expand] * z
+    s = jax.vmap(model)(t, xt)
+    sq = jnp.sum(((sigma[expand] * s + z) ** 2).reshape(b, -1), axis=1)
+    if weighting == "edm":
+        sd2 = model.sigma_data**2
+        sq = sq * ((sigma / alpha) ** 2 + sd2) / sd2
+    return jnp.mean(sq)
 
 
-def _cases(batch_size, unet_width):
+def _loss_cases(batch_size):
     sde = sg.VPSDE()
-    loss = lambda m, b, k: sg.dsm_loss(m, sde, b, k)
-    mlp = sg.nn.NoiseParam(sg.nn.MLP(2, 256, 3, key=jr.key(0)), sde)
-    x2 = sg.data.eight_gaussians_sampler(jr.key(1), batch_size)
     digits, _ = sg.data.load_digits()
+    flat = digits.reshape(len(digits), -1)
+    mlp2 = sg.nn.NoiseParam(sg.nn.MLP(2, 256, 3, key=jr.key(0)), sde)
+    mlp64 = sg.nn.EDMPreconditioner(sg.nn.MLP(64, 512, 3, key=jr.key(0)), sde, 0.75)
     unet = sg.nn.NoiseParam(
-        sg.nn.UNet(1, key=jr.key(0), base_channels=unet_width, channel_mults=(1, 2),
-                   num_groups=8, attention_resolutions=()),
-        sde,
-    )  # fmt: skip
+        sg.nn.UNet(1, key=jr.key(0), base_channels=16, channel_mults=(1, 2),
+                   num_groups=8, attention_resolutions=()), sde)  # fmt: skip
+    x2 = sg.data.eight_gaussians_sampler(jr.key(1), batch_size)
     return [
-        (f"MLP 256x3, 2-D, batch {batch_size}", mlp, loss, x2),
-        (f"U-Net (base {unet_width}), digits 8x8, batch {batch_size}", unet, loss,
+        (f"MLP 256x3, 2-D, batch {batch_size}", mlp2, "sigma2", x2),
+        (f"digits demo: EDM MLP 512x3, 64-D, batch {batch_size}", mlp64, "edm",
+         flat[:batch_size]),
+        (f"U-Net (base 16), digits 8x8, batch {batch_size}", unet, "sigma2",
          digits[:batch_size]),
     ]  # fmt: skip
+
+
+def bench_loss(batch_size, calls, rounds):
+    rows = []
+    sde = sg.VPSDE()
+    for name, model, weighting, batch in _loss_cases(batch_size):
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+
+        def ours(p, x, k):
+            return sg.dsm_loss(eqx.combine(p, static), sde, x, k, weighting=weighting)
+
+        def theirs(p, x, k):
+            return hand_dsm(eqx.combine(p, static), sde, weighting, x, k)
+
+        fns = {n: jax.jit(jax.value_and_grad(f)) for n, f in
+               (("sdegen", ours), ("hand", theirs))}  # fmt: skip
+
+        def block(f):
+            def run():
+                out = None
+                for i in range(calls):
+                    out = f(params, batch, jr.key(i))
+                jax.block_until_ready(out)
+
+            return run
+
+        med = interleave({k: block(f) for k, f in fns.items()}, rounds)
+        rows.append((name, 1e3 * med["sdegen"] / calls, 1e3 * med["hand"] / calls,
+                     med["sdegen"] / med["hand"]))  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- 2. the whole step
+
+
+def bench_step(batch_size, calls, rounds):
+    rows = []
+    sde = sg.VPSDE()
+    for name, model, weighting, batch in _loss_cases(batch_size):
+        loss = lambda m, b, k, w=weighting: sg.dsm_loss(m, sde, b, k, weighting=w)
+        cfg = sg.TrainConfig(num_steps=10_000, lr=1e-4, warmup=10, grad_clip=1.0)
+        opt = sg.make_optimizer(cfg)
+        step = sg.make_step(loss, opt, sg.WarmupEMA(0.999))
+        st = {"m": _copy(model), "e": _copy(model),
+              "o": opt.init(eqx.filter(model, eqx.is_inexact_array))}  # fmt: skip
+
+        def ours():
+            m, e, o = st["m"], st["e"], st["o"]
+            for i in range(calls):
+                m, e, o, out = step(m, e, o, batch, jr.key(i), step=i)
+            jax.block_until_ready(out)
+            st.update(m=m, e=e, o=o)
+
+        params, static = eqx.partition(_copy(model), eqx.is_inexact_array)
+
+        @jax.jit
+        def hand_step(params, ema, opt_state, batch, key, s):
+            f = lambda p: hand_dsm(eqx.combine(p, static), sde, weighting, batch, key)
+            value, grads = jax.value_and_grad(f)(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            d = jnp.minimum(0.999, (1 + s) / (10 + s))
+            ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, ema, params)
+            return params, ema, opt_state, value
+
+        hs = {"p": params, "e": _copy(params), "o": opt.init(params)}
+
+        def theirs():
+            p, e, o = hs["p"], hs["e"], hs["o"]
+            for i in range(calls):
+                p, e, o, out = hand_step(p, e, o, batch, jr.key(i), jnp.asarray(i))
+            jax.block_until_ready(out)
+            hs.update(p=p, e=e, o=o)
+
+        med = interleave({"sdegen": ours, "hand": theirs}, rounds)
+        rows.append((name, 1e3 * med["sdegen"] / calls, 1e3 * med["hand"] / calls,
+                     med["sdegen"] / med["hand"]))  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- 3. memory
+
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+import jax.random as jr
+import sdegen as sg
+mode, path, size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sde = sg.VPSDE()
+d = size * size
+model = sg.nn.NoiseParam(sg.nn.MLP(d, 128, 2, key=jr.key(0)), sde)
+loss = lambda m, b, k: sg.dsm_loss(m, sde, b, k)
+cfg = sg.TrainConfig(num_steps=steps, batch_size=128, log_every=steps, ckpt_every=None)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if mode == "stream":
+    import datasets
+    data = sg.data.DatasetSource(datasets.load_from_disk(path), "x")
+else:
+    data = np.load(path)
+t0 = time.perf_counter()
+sg.train(model, loss, data, cfg, progress=False, ema_loss=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_mib": peak / 1024, "before_mib": before / 1024,
+                  "train_s": time.perf_counter() - t0}))
+"""
+
+
+def _dataset_files(tmp, factor, size):
+    """Digits repeated `factor` times (each copy shifted by noise), upsampled to
+    `size` x `size`, saved as a datasets folder and as a float64 .npy."""
+    import datasets
+
+    x, _ = sg.data.load_digits(dtype=np.float64)
+    x = np.asarray(x).reshape(-1, 8, 8)
+    if size != 8:
+        x = np.repeat(np.repeat(x, size // 8, axis=1), size // 8, axis=2)
+    rng = np.random.default_rng(0)
+    copies = [x + 0.01 * rng.standard_normal(x.shape) for _ in range(factor)]
+    flat = np.concatenate(copies).reshape(-1, size * size)
+    npy = os.path.join(tmp, f"data_{size}.npy")
+    np.save(npy, flat)
+    folder = os.path.join(tmp, f"ds_{size}")
+    feats = datasets.Features({"x": datasets.Sequence(datasets.Value("float32"),
+                                                      length=size * size)})  # fmt: skip
+
+    def gen():
+        for row in flat:
+            yield {"x": row.astype(np.float32)}
+
+    datasets.Dataset.from_generator(gen, features=feats).save_to_disk(folder)
+    return npy, folder, flat.shape[0], flat.nbytes
+
+
+def bench_memory(steps, factor=10, sizes=(8, 32)):
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            npy, folder, n, nbytes = _dataset_files(tmp, factor, size)
+            for mode, path in (("array", npy), ("stream", folder)):
+                out = subprocess.run(
+                    [sys.executable, "-c", _MEMORY_CHILD, mode, path, str(size),
+                     str(steps)], capture_output=True, text=True, check=True)  # fmt: skip
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append((f"{n} x {size}x{size} ({nbytes / 2**20:.0f} MiB as "
+                             "float64)", mode, r["before_mib"], r["peak_mib"]))  # fmt: skip
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks")
-    parser.add_argument("--unet-width", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=20, help="calls per timed block")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--memory-steps", type=int, default=300)
+    parser.add_argument("--skip", default="", help="comma list of loss,step,memory")
     args = parser.parse_args(argv)
-    rows = []
-    for name, model, loss, batch in _cases(args.batch_size, args.unet_width):
-        ours = bench_sdegen(model, loss, batch, args.steps, args.repeats)
-        base = bench_baseline(model, loss, batch, args.steps, args.repeats)
-        rows.append((name, ours, base, base / ours))
-    print(f"Training steps/s on {jax.devices()[0].platform} (median of "
-          f"{args.repeats} blocks of {args.steps} steps, after compilation)\n")  # fmt: skip
-    print("| model | sdegen make_step | hand-written jax.jit + optax | time ratio |")
-    print("| --- | --- | --- | --- |")
-    for name, ours, base, ratio in rows:
-        print(f"| {name} | {ours:.1f} | {base:.1f} | {ratio:.2f}x |")
-    return rows
+    skip = set(filter(None, args.skip.split(",")))
+    platform = jax.devices()[0].platform
+    out = {}
+    if "loss" not in skip:
+        rows = bench_loss(args.batch_size, args.calls, args.rounds)
+        print(f"\nDSM loss + gradient on {platform}, ms per call (median of "
+              f"{args.rounds} interleaved blocks of {args.calls} calls)\n")
+        print("| model | sdegen.dsm_loss | hand-written | ratio |")
+        print("| --- | --- | --- | --- |")
+        for name, a, b, r in rows:
+            print(f"| {name} | {a:.3f} | {b:.3f} | {r:.3f}x |")
+        out["loss"] = rows
+    if "step" not in skip:
+        rows = bench_step(args.batch_size, args.calls, args.rounds)
+        print(f"\nTraining step on {platform}, ms per step (median of {args.rounds} "
+              f"interleaved blocks of {args.calls} steps)\n")
+        print("| model | sdegen make_step | hand-written jit + optax | ratio |")
+        print("| --- | --- | --- | --- |")
+        for name, a, b, r in rows:
+            print(f"| {name} | {a:.3f} | {b:.3f} | {r:.3f}x |")
+        out["step"] = rows
+    if "memory" not in skip:
+        rows = bench_memory(args.memory_steps)
+        print(f"\nPeak resident memory of sdegen.train ({args.memory_steps} steps of "
+              "batch 128), fresh process each\n")
+        print("| data | source | RSS before data (MiB) | peak RSS (MiB) |")
+        print("| --- | --- | --- | --- |")
+        for name, mode, before, peak in rows:
+            print(f"| {name} | {mode} | {before:.0f} | {peak:.0f} |")
+        out["memory"] = rows
+    return out
 
 
 if __name__ == "__main__":

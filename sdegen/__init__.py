@@ -8,6 +8,7 @@ from ._checkpoint import (
     checkpoint_metadata as checkpoint_metadata,
     latest_checkpoint as latest_checkpoint,
     load_checkpoint as load_checkpoint,
+    remove_stray_temp_files as remove_stray_temp_files,
     save_checkpoint as save_checkpoint,
 )
 from ._classifier import (
@@ -41,6 +42,22 @@ from ._distributed import (
     shard_batch as shard_batch,
     sharded_step as sharded_step,
     to_host as to_host,
+)
+from ._ema import (
+    EMAS as EMAS,
+    AbstractEMA as AbstractEMA,
+    ConstantEMA as ConstantEMA,
+    PowerEMA as PowerEMA,
+    WarmupEMA as WarmupEMA,
+    ema_update as ema_update,
+)
+from ._export import (
+    ModelMeta as ModelMeta,
+    build_model as build_model,
+    export_model as export_model,
+    load_model as load_model,
+    sde_from_dict as sde_from_dict,
+    sde_to_dict as sde_to_dict,
 )
 from ._guidance import (
     Chain as Chain,
@@ -77,8 +94,19 @@ from ._likelihood import (
     log_likelihood as log_likelihood,
     log_likelihood_batch as log_likelihood_batch,
 )
+from ._logging import MetricsLogger as MetricsLogger
 from ._losses import (
+    REDUCTIONS as REDUCTIONS,
+    TIME_SAMPLINGS as TIME_SAMPLINGS,
     WEIGHTINGS as WEIGHTINGS,
+    AbstractTimeSampling as AbstractTimeSampling,
+    AbstractWeighting as AbstractWeighting,
+    EDMWeighting as EDMWeighting,
+    ImportanceTimes as ImportanceTimes,
+    LikelihoodWeighting as LikelihoodWeighting,
+    LogNormalTimes as LogNormalTimes,
+    Sigma2Weighting as Sigma2Weighting,
+    UniformTimes as UniformTimes,
     ddpm_loss as ddpm_loss,
     dsm_loss as dsm_loss,
     geometric_sigmas as geometric_sigmas,
@@ -90,6 +118,11 @@ from ._losses import (
     single_ncsn_loss as single_ncsn_loss,
     single_ssm_loss as single_ssm_loss,
     ssm_loss as ssm_loss,
+)
+from ._optim import (
+    SCHEDULES as SCHEDULES,
+    make_optimizer as make_optimizer,
+    make_schedule as make_schedule,
 )
 from ._pc import (
     PC_STEPS as PC_STEPS,
@@ -130,11 +163,9 @@ from ._terms import (
 from ._train import (
     TrainConfig as TrainConfig,
     TrainState as TrainState,
-    ema_update as ema_update,
-    make_optimizer as make_optimizer,
     make_step as make_step,
-    train as train,
 )
+from ._train_loop import train as train
 
 
 try:

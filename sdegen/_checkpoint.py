@@ -10,7 +10,9 @@ File layout (format version 1):
 
 Every write goes to a temporary file in the destination folder, is flushed to disk,
 and is then moved into place with `os.replace` (atomic on POSIX and Windows), so a
-reader never sees half a file. A file that is truncated or altered anyway (a copy cut
+reader never sees half a file. A process killed during a write leaves its temporary
+file (`.NAME.XXXXXXXX.tmp`) behind; [`sdegen.remove_stray_temp_files`][] deletes
+such files, and [`sdegen.train`][] calls it on its folders when it starts. A file that is truncated or altered anyway (a copy cut
 short, a full disk, bit rot) fails the size or checksum test and raises
 [`sdegen.CheckpointError`][] naming the file, before any deserialisation happens.
 """
@@ -34,6 +36,8 @@ import numpy as np
 MAGIC = b"SDEGEN-CKPT\n"
 FORMAT_VERSION = 1
 _CKPT_RE = re.compile(r"^step_(\d+)\.ckpt$")
+# `tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")`: 8 random characters.
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -62,6 +66,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stray_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that [`sdegen.save_checkpoint`][] (or any atomic
+    write of sdegen) left in `directory` when its process was killed before the
+    final `os.replace`: files named `.NAME.XXXXXXXX.tmp`. Complete files are never
+    touched. Call it only when no other process is writing to `directory`.
+
+    **Returns:** the paths deleted.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in d.iterdir():
+        if _TMP_RE.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+            except FileNotFoundError:  # pragma: no cover - removed meanwhile
+                continue
+            removed.append(p)
+    return sorted(removed)
 
 
 def _umask() -> int:

@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._checks import as_float_array, check_shape_arg
+from ._checks import as_float_array, check_sde, check_shape_arg
 from ._custom_types import Data, KeyArray, RealScalarLike, Scalar
 from ._misc import default_float
 from ._sde import AbstractSDE
-from ._terms import _check_sde
 
 
 class _TimeFeatures(eqx.Module):
@@ -166,7 +165,7 @@ def classifier_loss(
 
     **Raises:** `ValueError` when `labels` does not have one entry per example.
     """
-    _check_sde(sde)
+    check_sde(sde)
     batch = as_float_array(batch, "batch")
     labels = jnp.asarray(labels)
     if labels.shape != batch.shape[:1]:
@@ -223,7 +222,7 @@ def train_classifier(
     """
     import optax
 
-    _check_sde(sde)
+    check_sde(sde)
     data = as_float_array(data, "data")
     labels = jnp.asarray(labels)
     if labels.shape != data.shape[:1]:

@@ -1,7 +1,9 @@
 """PNG figures for the command line: image grids, 2-D scatter plots, loss curves.
 
 matplotlib runs with the non-interactive Agg backend, so nothing needs a display.
-Every function writes the file atomically and returns its path.
+Every function writes the file atomically and returns its path. matplotlib and
+pillow come with the `plot` extra (`pip install 'sdegen[plot]'`) and are imported
+only when a figure is written.
 """
 
 import io
@@ -15,10 +17,23 @@ import numpy as np
 from ._checkpoint import atomic_write_bytes
 
 
+def _require(module: str, package: str) -> Any:
+    """Import an optional plotting dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"writing figures needs {package}, which is not installed; install the "
+            "plotting extra: pip install 'sdegen[plot]'."
+        ) from None
+
+
 def _figure(figsize):
     # A bare Figure renders with Agg through `savefig`; pyplot (and its global
     # backend state) is never imported.
-    from matplotlib.figure import Figure
+    Figure = _require("matplotlib.figure", "matplotlib").Figure
 
     return Figure(figsize=figsize, dpi=100)
 
@@ -29,10 +44,29 @@ def _save(fig, path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def image_grid(images: Any, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+RED = (255, 0, 0)
+ABOVE = (255, 150, 150)  # a value > 1: light red
+BELOW = (120, 0, 0)  # a value < -1: dark red
+NONFINITE = (255, 0, 255)  # NaN or inf: magenta
+
+
+def out_of_range(images: Any, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """Boolean mask of the values outside $[lo, hi]$ or not finite."""
+    x = np.asarray(images, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(x) | (x < lo) | (x > hi)
+
+
+def image_grid(images: Any, ncols: int | None = None, pad: int = 1, *,
+               mark: bool = True) -> np.ndarray:  # fmt: skip
     r"""Tile images of shape `(N, C, H, W)` with values in $[-1, 1]$ into one
-    `uint8` array of shape `(rows·(H+pad)+pad, cols·(W+pad)+pad[, C])` (grey when
-    $C = 1$); values outside $[-1, 1]$ are clipped."""
+    `uint8` array of shape `(rows·(H+pad)+pad, cols·(W+pad)+pad[, 3])`.
+
+    Values outside $[-1, 1]$ are not hidden by the clipping: with `mark`, a pixel
+    with a value above 1 is drawn light red, below -1 dark red, not finite magenta
+    (so the image stays readable, bright and dark where it was), the padding frame
+    around an image with any such pixel is red, and the grid is RGB. Otherwise a grey
+    data set ($C = 1$) gives a 2-D grey grid."""
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(
@@ -41,32 +75,71 @@ def image_grid(images: Any, ncols: int | None = None, pad: int = 1) -> np.ndarra
     n, c, h, w = x.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    x = np.nan_to_num(x, nan=-1.0)
+    with np.errstate(invalid="ignore"):
+        above = np.any(x > 1, axis=1)
+        below = np.any(x < -1, axis=1)
+    nonfinite = np.any(~np.isfinite(x), axis=1)
+    bad = (above | below | nonfinite) if mark else np.zeros((n, h, w), bool)
+    rgb = c == 3 or bool(bad.any())
+    x = np.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
     x = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+    x = np.transpose(x, (0, 2, 3, 1))
+    if rgb and c == 1:
+        x = np.repeat(x, 3, axis=-1)
+    depth = 3 if rgb else 1
     grid = np.zeros(
-        (nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), dtype=np.uint8
+        (nrows * (h + pad) + pad, ncols * (w + pad) + pad, depth), dtype=np.uint8
     )
     for i in range(n):
         r, q = divmod(i, ncols)
         y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
-        grid[y0 : y0 + h, x0 : x0 + w] = np.transpose(x[i], (1, 2, 0))
-    return grid[..., 0] if c == 1 else grid
+        tile = x[i].copy()
+        if bad[i].any():
+            tile[above[i]] = ABOVE
+            tile[below[i]] = BELOW
+            tile[nonfinite[i]] = NONFINITE
+            if pad:
+                grid[y0 - pad : y0 + h + pad, x0 - pad : x0 + w + pad] = RED
+        grid[y0 : y0 + h, x0 : x0 + w] = tile
+    return grid if rgb else grid[..., 0]
 
 
 def save_image_grid(
-    path: str | os.PathLike, images: Any, ncols: int | None = None, scale: int = 8
+    path: str | os.PathLike,
+    images: Any,
+    ncols: int | None = None,
+    scale: int = 8,
+    title: str | None = None,
 ) -> Path:
-    """Write images `(N, C, H, W)` in $[-1, 1]$ as one PNG grid, each pixel enlarged
-    `scale` times (nearest neighbour) so 8×8 digits are visible."""
-    import PIL.Image
+    r"""Write images `(N, C, H, W)` in $[-1, 1]$ as one PNG grid, each pixel enlarged
+    `scale` times (nearest neighbour) so 8×8 digits are visible. Values outside
+    $[-1, 1]$ are marked in red (see `image_grid`), and the fraction of values
+    outside $[-1, 1]$ and beyond $\pm 1.1$ is written under the grid, after
+    `title`."""
+    PIL = _require("PIL.Image", "pillow")
+    draw = _require("PIL.ImageDraw", "pillow")
 
+    frac = float(np.mean(out_of_range(images)))
+    far = float(np.mean(out_of_range(images, -1.1, 1.1)))
     grid = image_grid(images, ncols)
-    img = PIL.Image.fromarray(grid)
+    img = PIL.fromarray(grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale),
-                         PIL.Image.Resampling.NEAREST)  # fmt: skip
+                         PIL.Resampling.NEAREST)  # fmt: skip
+    caption = f"{100 * frac:.2f}% of values outside [-1, 1]"
+    if frac:
+        caption += f" (red: light above, dark below), {100 * far:.2f}% beyond 1.1"
+    lines = [t for t in (title, caption) if t]
+    strip = 12 * len(lines) + 4
+    canvas = PIL.new("RGB", (max(img.width, 6 * max(map(len, lines)) + 8),
+                             img.height + strip), "white")  # fmt: skip
+    canvas.paste(img.convert("RGB"), (0, 0))
+    pen = draw.Draw(canvas)
+    for i, line in enumerate(lines):
+        pen.text((4, img.height + 2 + 12 * i), line,
+                 fill=(200, 0, 0) if i == len(lines) - 1 and frac else (0, 0, 0))  # fmt: skip
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    canvas.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import diffrax
 
 
-KINDS = ("solver", "predictor", "corrector", "weighting", "variance", "grid")
+KINDS = ("solver", "predictor", "corrector", "weighting", "time", "variance", "grid")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class SolverInfo:
     """Builds the object the name stands for (a solver, corrector, weighting, ...)."""
     description: str
     kind: str = "solver"
-    """One of `"solver"`, `"predictor"`, `"corrector"`, `"weighting"`, `"variance"`,
+    """One of `"solver"`, `"predictor"`, `"corrector"`, `"weighting"`, `"time"`, `"variance"`,
     `"grid"`."""
     sde: bool = False
     """Solves the reverse-time SDE."""
@@ -102,6 +102,31 @@ _ROWS: list[SolverInfo] = [
        order="ODE 5", adaptive=True, evals=6),
     _s("dopri8", diffrax.Dopri8, "Dormand–Prince 8(7) for tight tolerances.",
        ode=True, order="ODE 8", adaptive=True, evals=12),
+]  # fmt: skip
+
+
+# ------------------------------------------------ loss weightings and noise times
+# (owned by the losses: sdegen/_losses/_weighting.py; `make` builds the object)
+_ROWS += [
+    SolverInfo("sigma2", _lazy("._losses._weighting", "Sigma2Weighting"),
+               "lambda(t) = sigma(t)^2 (Song et al. 2021): the eps-prediction loss.",
+               kind="weighting", reference="Song et al. 2021"),
+    SolverInfo("likelihood", _lazy("._losses._weighting", "LikelihoodWeighting"),
+               "lambda(t) = g(t)^2: the objective bounds the negative log-likelihood.",
+               kind="weighting", reference="Song, Durkan, Murray & Ermon 2021"),
+    SolverInfo("edm", _lazy("._losses._weighting", "EDMWeighting"),
+               "EDM: (sigma~^2 + sigma_d^2)/(sigma~ sigma_d)^2 on ||D - x0||^2, "
+               "sigma~ = sigma/alpha, sigma_d = 0.5 (sdegen.EDMWeighting for another).",
+               kind="weighting", reference="Karras et al. 2022"),
+    SolverInfo("uniform", _lazy("._losses._weighting", "UniformTimes"),
+               "t ~ U(eps, T).", kind="time", reference="Song et al. 2021"),
+    SolverInfo("importance", _lazy("._losses._weighting", "ImportanceTimes"),
+               "t ~ q(t) proportional to g^2/sigma^2, reweighted by 1/((T-eps) q): the "
+               "same objective as uniform, less variance for the likelihood weighting.",
+               kind="time", reference="Song, Durkan, Murray & Ermon 2021"),
+    SolverInfo("lognormal", _lazy("._losses._weighting", "LogNormalTimes"),
+               "EDM: ln(sigma/alpha) ~ N(-1.2, 1.2^2), t = inverse_lambda(-ln sigma~), "
+               "clipped to [eps, T].", kind="time", reference="Karras et al. 2022"),
 ]  # fmt: skip
 
 

@@ -119,3 +119,45 @@ def test_latest_checkpoint_skips_damaged(tmp_path, getkey):
     (tmp_path / ".step_000000030.ckpt.abc.tmp").write_bytes(b"partial")
     with pytest.warns(UserWarning):
         assert sg.latest_checkpoint(tmp_path).name == "step_000000010.ckpt"
+
+
+_KILLED_WRITER = r"""
+import importlib.util, os, sys, time
+import numpy as np
+spec = importlib.util.spec_from_file_location("ckpt", sys.argv[1])
+ckpt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ckpt)
+
+def stall(fd):  # the bytes are written; stop before fsync and os.replace
+    print("WRITING", flush=True)
+    time.sleep(120)
+
+os.fsync = stall
+ckpt.save_checkpoint(sys.argv[2], {"w": np.arange(3.0)}, step=3)
+"""
+
+
+def test_kill_during_write_leaves_a_temp_file_that_is_removed(tmp_path):
+    # A process killed (SIGKILL) inside the atomic write: the destination does not
+    # exist, the temporary file does; latest_checkpoint ignores it and
+    # remove_stray_temp_files deletes it (and nothing else).
+    import subprocess
+    import sys
+
+    import sdegen._checkpoint as module
+
+    target = tmp_path / "step_000000003.ckpt"
+    sg.save_checkpoint(tmp_path / "step_000000001.ckpt", {"w": jnp.zeros(3)}, step=1)
+    cmd = [sys.executable, "-c", _KILLED_WRITER, module.__file__, str(target)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "WRITING"
+        finally:
+            proc.kill()
+    strays = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(strays) == 1 and strays[0].name.startswith(".step_000000003.ckpt.")
+    assert not target.exists()
+    assert sg.latest_checkpoint(tmp_path).name == "step_000000001.ckpt"
+    assert sg.remove_stray_temp_files(tmp_path) == strays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000001.ckpt"]
+    assert sg.remove_stray_temp_files(tmp_path / "missing") == []

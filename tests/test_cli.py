@@ -1,21 +1,408 @@
-"""The `sdegen` command line, end to end on tiny configurations."""
+"""The `sdegen` command line, in process (`sdegen._cli.main([...])`), on tiny
+configurations: one class-conditional run on a small labelled image data set built
+with `datasets` is trained once (module fixture) and then sampled, guided, exported,
+inpainted, colorized and measured; every error is checked to be one line naming the
+flag."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
 
 import sdegen as sg
-import sdegen._cli as cli
-from sdegen._cli import build_parser, draw_samples, main
+import sdegen._cli._devices as devices
+import sdegen_cli
+from sdegen._cli import build_parser, main
+from sdegen._cli._sampling import draw_samples, guided, resolve_sampler
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _png(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 500
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200
     return data
+
+
+def _error(capsys, argv, *expected):
+    """Run `argv`, expect exit status 2 and one stderr line holding `expected`."""
+    capsys.readouterr()
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"sdegen {argv[0]}: error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+def _image_dataset(path, n=40, size=6):
+    """40 RGB images of 6x6 in 4 classes (class k has a bright colour channel k % 3,
+    class 3 a white top half), with a ClassLabel column and a text column."""
+    import datasets
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 4
+    images = []
+    for y in labels:
+        a = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
+        a[..., y % 3] += 150
+        if y == 3:
+            a[: size // 2] = 255
+        images.append(PIL.Image.fromarray(a, mode="RGB"))
+    ds = datasets.Dataset.from_dict(
+        {"picture": images, "digit": labels.tolist(), "note": ["x"] * n},
+        features=datasets.Features({"picture": datasets.Image(),
+                                    "digit": datasets.ClassLabel(num_classes=4),
+                                    "note": datasets.Value("string")}),
+    )  # fmt: skip
+    ds.save_to_disk(str(path))
+    return path
+
+
+TRAIN = ["--image-column", "picture", "--label-column", "digit", "--image-size", "4",
+         "--quick", "--steps", "20", "--solver", "euler", "--sample-steps", "2",
+         "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    data = _image_dataset(tmp / "pictures")
+    out = tmp / "run"
+    out.mkdir()
+    # A temporary file that a kill during config.json's write would leave behind.
+    stray = out / ".config.json.k1ll3d00.tmp"
+    stray.write_text("{")
+    t0 = time.perf_counter()
+    code = main(["train", "--dataset", str(data), "--out", str(out), *TRAIN])
+    assert code == 0
+    return {"out": out, "data": data, "stray": stray,
+            "train_s": time.perf_counter() - t0}  # fmt: skip
+
+
+# ---------------------------------------------------------------- the main path
+
+
+def test_train_conditional_images_from_a_saved_dataset(image_run):
+    out = image_run["out"]
+    assert not image_run["stray"].exists()
+    cfg = json.loads((out / "config.json").read_text())
+    d = cfg["data"]
+    assert d["shape"] == [3, 4, 4] and d["num_classes"] == 4 and d["kind"] == "image"
+    assert d["image_column"] == "picture" and d["label_column"] == "digit"
+    assert d["format"]["value_range"] == [0.0, 255.0] and d["levels"] == 256
+    assert cfg["network"]["net"] == "mlp" and cfg["label_dropout"] == 0.1
+    assert sg.latest_checkpoint(out / "checkpoints").name == "step_000000020.ckpt"
+    for name in ("samples.png", "loss.png", "samples/step_0000020.png"):
+        _png(out / name)
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (16, 3, 4, 4)
+    assert np.load(out / "samples" / "step_0000020.npy").shape == (16, 3, 4, 4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and metrics["num_samples"] == 16
+    for key in ("final_loss", "eval_loss", "frechet_distance", "frechet_floor",
+                "frac_outside_range", "mean", "data_mean"):  # fmt: skip
+        assert np.isfinite(metrics[key]), key
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logs and logs[-1]["step"] == 20
+
+
+def test_sample_one_class_with_guidance_export_and_load_model(image_run, capsys):
+    out = image_run["out"]
+    assert main(["sample", "--out", str(out), "--label", "3", "--guidance", "2.0",
+                 "--num-samples", "3", "--no-progress"]) == 0  # fmt: skip
+    name = "samples_euler_2_label3_w2"
+    _png(out / f"{name}.png")
+    x = np.load(out / f"{name}.npy")
+    info = json.loads((out / f"{name}.json").read_text())
+    assert x.shape == (3, 3, 4, 4) and info["label"] == 3 and info["guidance"] == 2.0
+
+    model_file = out / "exported" / "model.sdegen"
+    assert main(["export", "--out", str(out), "--to", str(model_file)]) == 0
+    model, meta = sg.load_model(model_file)
+    assert isinstance(meta.sde, sg.VPSDE) and meta.shape == (3, 4, 4)
+    assert meta.num_classes == 4 and meta.info["step"] == 20
+    assert meta.data["value_range"] == [0.0, 255.0]
+    # The CLI's guided samples are those of the exported model, key for key (sample i
+    # uses jax.random.split(key, n)[i]) ...
+    spec = resolve_sampler({"solver": "euler", "sampler": "ode", "sample_steps": 2})
+    again = draw_samples(jr.key(0), meta.sde, model, meta.shape, spec, 3,
+                         labels=np.full(3, 3), guidance=2.0)  # fmt: skip
+    np.testing.assert_allclose(x, again, rtol=1e-6, atol=1e-6)
+    # The guided score is classifier-free guidance, (1 + W) s(x, y) - W s(x, null).
+    t, z = 0.5, jnp.asarray(x[0])
+    s = guided(model, 3, 2.0)(t, z)
+    np.testing.assert_allclose(s, 3 * model(t, z, label=3) - 2 * model(t, z),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    # ... and `meta` is all sample_ode needs.
+    y = sg.sample_ode(jr.key(1), meta.sde, model, meta.shape, "euler", num_steps=2)
+    assert y.shape == (3, 4, 4) and bool(np.all(np.isfinite(y)))
+
+
+def _held_out(out):
+    from sdegen._cli._data import load_data
+
+    return load_data(json.loads((out / "config.json").read_text())["data"]).held_out
+
+
+def test_inpaint_and_colorize_pass_observations_and_options(image_run, monkeypatch):
+    # The command's plumbing, with the library's samplers replaced by closed forms of
+    # the same signature (the samplers themselves are tested in test_inverse.py; a
+    # compile of each here would cost tens of seconds): inpaint returns the
+    # observation where observed and -0.5 elsewhere, colorize the grey value in every
+    # channel.
+    import functools
+
+    import PIL.Image
+
+    seen = []
+
+    @functools.wraps(sg.inpaint)
+    def inpaint(key, sde, score, y, mask, **options):
+        seen.append(("inpaint", options))
+        return jnp.where(mask, y, -0.5)
+
+    @functools.wraps(sg.colorize)
+    def colorize(key, sde, score, grey, *, num_channels=3, **options):
+        seen.append(("colorize", options))
+        return jnp.broadcast_to(grey, (num_channels, *grey.shape))
+
+    monkeypatch.setattr(sg, "inpaint", inpaint)
+    monkeypatch.setattr(sg, "colorize", colorize)
+    out = image_run["out"]
+    held = _held_out(out)[:2]
+    common = ["--out", str(out), "--examples", "2", "--sample-steps", "3",
+              "--corrector-steps", "0", "--snr", "0.2", "--no-progress"]  # fmt: skip
+    assert main(["inpaint", *common, "--mask", "right", "--label", "1",
+                 "--guidance", "1.5"]) == 0  # fmt: skip
+    assert seen[0] == ("inpaint", {"solver": "euler_maruyama", "num_steps": 3,
+                                   "corrector_steps": 0, "snr": 0.2,
+                                   "denoise": True})  # fmt: skip
+    _png(out / "inpaint_right.png")
+    res = np.load(out / "inpaint_right.npy")
+    np.testing.assert_allclose(res[..., :2], held[..., :2], atol=1e-6)
+    np.testing.assert_allclose(res[..., 2:], -0.5)
+    info = json.loads((out / "inpaint_right.json").read_text())
+    assert info["label"] == 1 and info["guidance"] == 1.5 and info["mask"] == "right"
+    mse = np.mean((held[..., 2:] + 0.5) ** 2)
+    np.testing.assert_allclose(info["mse_unobserved"], mse, rtol=1e-6)
+
+    assert main(["colorize", *common, "--name", "colour"]) == 0
+    col = np.load(out / "colour.npy")
+    np.testing.assert_allclose(col, np.repeat(held.mean(axis=1, keepdims=True), 3, 1),
+                               atol=1e-6)  # fmt: skip
+    _png(out / "colour.png")
+    # image files as inputs, resized to the model's 4x4: red has the grey value
+    # (1 - 1 - 1) / 3, white 1
+    files = []
+    for i, c in enumerate([(255, 0, 0), (255, 255, 255)]):
+        files.append(str(out / f"in{i}.png"))
+        PIL.Image.new("RGB", (8, 8), c).save(files[-1])
+    assert main(["colorize", "--out", str(out), "--input", *files, "--name", "files",
+                 "--no-progress"]) == 0  # fmt: skip
+    got = np.load(out / "files.npy")
+    assert got.shape == (2, 3, 4, 4)
+    np.testing.assert_allclose(got[0], -1 / 3, atol=1e-6)
+    np.testing.assert_allclose(got[1], 1.0, atol=1e-6)
+
+
+def test_likelihood_bits_per_dim_of_dequantised_images(image_run, monkeypatch, capsys):
+    # With a log-likelihood of constant value c, bits/dim of 256-level data in
+    # [-1, 1] is -c / (D ln 2) - log2(2 / 255) (dequantisation bins of width 2/255).
+    import functools
+    import math
+
+    calls = []
+
+    @functools.wraps(sg.log_likelihood)
+    def log_likelihood(sde, score, x, key=None, **kwargs):
+        calls.append(kwargs)
+        # the dequantised example stays within its data range
+        inside = jnp.all(jnp.abs(x) <= 1 + 1 / 255 + 1e-9)
+        return jnp.where(inside, -100.0, jnp.nan), None
+
+    monkeypatch.setattr(sg, "log_likelihood", log_likelihood)
+    out = image_run["out"]
+    capsys.readouterr()
+    assert main(["likelihood", "--out", str(out), "--num-points", "3", "--solver",
+                 "heun", "--rtol", "1e-2", "--no-progress"]) == 0  # fmt: skip
+    assert calls[0] == {"solver": "heun", "rtol": 1e-2, "atol": 1e-5,
+                        "trace": "hutchinson"}  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "bits/dim (256-level dequantised data)" in printed and "over 3" in printed
+    lik = json.loads((out / "likelihood.json").read_text())
+    expected = 100 / (48 * math.log(2)) - math.log2(2 / 255)
+    np.testing.assert_allclose(lik["bits_per_dim"], expected, rtol=1e-9)
+    assert lik["ci95_half_width"] == 0.0 and lik["num_points"] == 3
+
+
+def test_rerun_resumes_and_other_settings_are_refused(image_run, capsys):
+    out, data = image_run["out"], image_run["data"]
+    before = (out / "checkpoints" / "step_000000020.ckpt").read_bytes()
+    assert main(["train", "--dataset", str(data), "--out", str(out), *TRAIN]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 20
+    assert (out / "checkpoints" / "step_000000020.ckpt").read_bytes() == before
+    _error(capsys, ["train", "--dataset", str(data), "--out", str(out), *TRAIN,
+                    "--net-width", "8"], "holds a run with other settings",
+           "network", "--no-resume")  # fmt: skip
+    # --no-resume starts afresh in the folder (on a copy: other tests use the run),
+    # deleting the old checkpoints
+    import shutil
+
+    copy = out.parent / "afresh"
+    shutil.copytree(out, copy)
+    shutil.copy(copy / "checkpoints" / "step_000000020.ckpt",
+                copy / "checkpoints" / "step_000000099.ckpt")  # fmt: skip
+    assert main(["train", "--dataset", str(data), "--out", str(copy), *TRAIN,
+                 "--no-resume"]) == 0  # fmt: skip
+    names = sorted(p.name for p in (copy / "checkpoints").glob("step_*.ckpt"))
+    assert names == ["step_000000015.ckpt", "step_000000020.ckpt"]
+    np.testing.assert_array_equal(np.load(copy / "samples.npy"),
+                                  np.load(out / "samples.npy"))  # fmt: skip
+
+
+def test_sample_label_errors(image_run, capsys):
+    out = str(image_run["out"])
+    _error(capsys, ["sample", "--out", out, "--label", "7"],
+           "--label must be in [0, 4), got 7")  # fmt: skip
+    _error(capsys, ["sample", "--out", out, "--guidance", "1.0"],
+           "--guidance needs --label")  # fmt: skip
+    _error(capsys, ["sample", "--out", out, "--solver", "rk99"],
+           "Unknown solver 'rk99' for `--solver`")  # fmt: skip
+    _error(capsys, ["sample", "--out", out, "--solver", "tsit5", "--sampler", "sde"],
+           "--solver 'tsit5' cannot solve the reverse SDE")  # fmt: skip
+    _error(capsys, ["export", "--out", out, "--to", out], "--to", "is a folder")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_flag_errors_name_the_flag(capsys, tmp_path):
+    run = str(tmp_path)
+    _error(capsys, ["sample", "--out", run, "--num-samples", "0"],
+           "argument --num-samples: expected a positive int, got '0'")  # fmt: skip
+    _error(capsys, ["train", "--out", run, "--steps", "0"],
+           "argument --steps: expected a positive int, got '0'")  # fmt: skip
+    _error(capsys, ["train", "--out", run, "--image-size", "4y"], "--image-size")
+    _error(capsys, ["sample", "--out", run, "--guidance", "-1"], "--guidance")
+    _error(capsys, ["train", "--out", run, "--sde", "xx"], "--sde", "invalid choice")
+    _error(capsys, ["sample"], "--out")
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_out_errors(capsys, tmp_path):
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    _error(capsys, ["train", "--out", str(afile)], f"--out {str(afile)!r} is a file")
+    _error(capsys, ["train", "--out", str(afile / "run")], "--out",
+           "cannot create the folder")  # fmt: skip
+    _error(capsys, ["train", "--out", "/proc/sdegen-run"], "--out '/proc/sdegen-run'")
+    _error(capsys, ["sample", "--out", str(tmp_path / "nothing")], "is not a folder",
+           "expected a run folder")  # fmt: skip
+    _error(capsys, ["sample", "--out", str(tmp_path)], "has no config.json")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    _error(capsys, ["export", "--out", str(tmp_path / "bad"), "--to", "x"],
+           "config.json is corrupt")  # fmt: skip
+
+
+def test_dataset_errors(capsys, tmp_path, monkeypatch):
+    import datasets
+
+    data = _image_dataset(tmp_path / "pictures", n=8)
+    out = str(tmp_path / "run")
+    base = ["train", "--out", out, "--dataset", str(data)]
+    _error(capsys, [*base, "--image-column", "nope"],
+           "--image-column 'nope' is not a column", "picture (Image)")  # fmt: skip
+    _error(capsys, [*base, "--label-column", "note"],
+           "--label-column 'note' holds", "string")  # fmt: skip
+    _error(capsys, [*base, "--image-column", "note"], "--image-column 'note' holds")
+    _error(capsys, [*base, "--split", "test"], "--split 'test'")
+    _error(capsys, ["train", "--out", out, "--dataset", "moons", "--image-size", "4"],
+           "--image-size does not apply to a 2-D toy data set")  # fmt: skip
+    _error(capsys, ["train", "--out", out, "--dataset", "./no/such/folder"],
+           "--dataset './no/such/folder': no such file or folder")  # fmt: skip
+    # An unreachable hub name: one line, quickly (offline mode instead of retries).
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    _error(capsys, ["train", "--out", out, "--dataset", "someone/no-such-set"],
+           "--dataset 'someone/no-such-set': could not load it from the Hugging "
+           "Face hub")  # fmt: skip
+
+
+def test_devices_and_multi_host_flags(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(devices, "distributed_initialize",
+                        lambda **kw: calls.append(kw) or (0, 1))  # fmt: skip
+    n = jax.device_count()
+    # The multi-host options initialise jax.distributed first; then --devices is
+    # checked against the devices there are (before anything is written).
+    _error(capsys, ["train", "--dataset", "moons", "--quick", "--out", str(tmp_path),
+                    "--coordinator", "localhost:1234", "--num-processes", "1",
+                    "--process-id", "0", "--devices", str(n + 1)],
+           f"--devices must be in [0, {n}]")  # fmt: skip
+    assert calls == [{"coordinator_address": "localhost:1234", "num_processes": 1,
+                      "process_id": 0}]  # fmt: skip
+    assert not (tmp_path / "config.json").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for command in ("sample", "likelihood"):
+        _error(capsys, [command, "--out", str(run), "--devices", "-1"],
+               "--devices must be in")  # fmt: skip
+    assert len(calls) == 1
+    parse = build_parser().parse_args
+    mesh = devices.setup_devices(parse(["sample", "--out", "x", "--devices", "0"]))
+    assert mesh.shape["data"] == n
+    assert devices.setup_devices(parse(["sample", "--out", "x"])) is None
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_help_parses_before_jax_is_imported():
+    # `sdegen --help` and flag errors must not wait for JAX: the parser module
+    # imports only the standard library.
+    code = ("import sys, sdegen_cli\n"
+            "assert sdegen_cli.main(['train', '--steps', '0']) == 2\n"
+            "assert sdegen_cli.main(['train', '--out', sys.executable]) == 2\n"
+            "assert sdegen_cli.main(['--help']) == 0\n"
+            "assert sdegen_cli.main(['sample', '--help']) == 0\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('jax', 'sdegen', 'numpy', 'datasets')))\n"
+            # and `import sdegen` pulls none of the extras (data, plot, tensorboard)
+            "import sdegen\n"
+            "print(sorted(m for m in ('datasets', 'matplotlib', 'PIL', 'sklearn', "
+            "'tensorboardX') if m in sys.modules))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
+    assert "usage: sdegen" in proc.stdout and "--guidance W" in proc.stdout
+    assert "diffusers' guidance_scale is W + 1" in " ".join(proc.stdout.split())
+    assert "argument --steps: expected a positive int" in proc.stderr
+    assert f"--out {sys.executable!r} is a file; expected a folder" in proc.stderr
+
+
+def test_builtin_names_and_console_script_in_sync():
+    assert sdegen_cli.BUILTIN_DATASETS == ("digits", *sg.data.TOY_DATASETS)
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'sdegen = "sdegen_cli:main"' in text
+    for name, (module, func) in sdegen_cli.COMMANDS.items():
+        mod = __import__(f"sdegen._cli.{module}", fromlist=[func])
+        assert callable(getattr(mod, func)), name
 
 
 def test_solvers_table(capsys):
@@ -25,114 +412,82 @@ def test_solvers_table(capsys):
         assert f"`{name}`" in out
 
 
-def test_train_sample_likelihood_on_toy(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", "--dataset", "moons", "--quick", "--out", str(out),
-                 "--no-progress"]) == 0  # fmt: skip
-    for name in ("samples.png", "loss.png"):
-        _png(out / name)
-    assert sorted(p.name for p in (out / "samples").iterdir()) == [
-        "step_0000015.png", "step_0000030.png"]  # fmt: skip
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 30 and metrics["num_samples"] == 16
-    for key in ("final_loss", "eval_loss", "train_steps_per_s", "train_wall_time_s",
-                "mmd", "sliced_wasserstein", "mmd_data_vs_data"):  # fmt: skip
-        assert np.isfinite(metrics[key]), key
-    config = json.loads((out / "config.json").read_text())
-    assert config["net"] == "mlp" and config["data_shape"] == [2]
-    assert sg.latest_checkpoint(out / "checkpoints").name == "step_000000030.ckpt"
-    samples = np.load(out / "samples.npy")
-    assert samples.shape == (16, 2)
+def test_samples_do_not_depend_on_chunks_or_mesh(image_run):
+    # samples.npy (drawn in one chunk of 16 with the key of seed + 1, class i % 4 for
+    # sample i) again, in chunks of 5 sharded over a one-device mesh: sample i uses
+    # jax.random.split(key, 16)[i] whatever the chunking.
+    from sdegen._cli._run import load_run
 
-    # sample again with another solver on the reverse SDE
-    assert main(["sample", "--out", str(out), "--solver", "euler_maruyama",
-                 "--sampler", "sde", "--sample-steps", "5", "--num-samples",
-                 "6"]) == 0  # fmt: skip
-    _png(out / "samples_euler_maruyama_5.png")
-    assert np.load(out / "samples_euler_maruyama_5.npy").shape == (6, 2)
-
-    capsys.readouterr()
-    assert main(["likelihood", "--out", str(out), "--num-points", "3",
-                 "--rtol", "1e-3", "--atol", "1e-3"]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "bits/dim" in printed and "95% CI over 3" in printed
-    lik = json.loads((out / "likelihood.json").read_text())
-    assert np.isfinite(lik["bits_per_dim"]) and lik["ci95_half_width"] >= 0
-
-    # re-running resumes from the last checkpoint: nothing left to train
-    assert main(["train", "--dataset", "moons", "--quick", "--out", str(out),
-                 "--no-progress"]) == 0  # fmt: skip
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 30
+    run = load_run(image_run["out"])
+    spec = resolve_sampler(run.cfg["sample"])
+    x = draw_samples(jr.key(1), run.sde, run.model, run.shape, spec, 16,
+                     labels=np.arange(16) % 4, chunk=5, mesh=sg.make_mesh(1))  # fmt: skip
+    assert isinstance(x, np.ndarray) and x.shape == (16, 3, 4, 4)
+    np.testing.assert_allclose(x, np.load(image_run["out"] / "samples.npy"), rtol=1e-6,
+                               atol=1e-6)  # fmt: skip
+    assert np.max(np.abs(x[0] - x[4])) > 1e-3  # same class, other key
 
 
-def test_cli_errors(tmp_path, capsys):
-    assert main(["train", "--dataset", "moons", "--quick", "--out", str(tmp_path),
-                 "--solver", "rk99"]) == 2  # fmt: skip
-    assert "Unknown solver 'rk99'" in capsys.readouterr().err
-    assert main(["train", "--dataset", "moons", "--quick", "--out", str(tmp_path),
-                 "--solver", "tsit5", "--sampler", "sde"]) == 2  # fmt: skip
-    assert "cannot solve the reverse SDE" in capsys.readouterr().err
-    assert main(["train", "--dataset", "spiral", "--out", str(tmp_path)]) == 2
-    assert "Unknown toy data set 'spiral'" in capsys.readouterr().err
-    assert main(["sample", "--out", str(tmp_path / "nothing")]) == 2
-    assert "config.json" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--dataset", "moons", "--out", str(tmp_path), "--sde", "xx"])
+def test_demo_defaults_and_auto_network():
+    from sdegen._cli._config import run_config
+    from sdegen._cli._data import data_spec, load_data
+
+    args = build_parser().parse_args(["demo"])
+    data = load_data(data_spec(args))
+    cfg = run_config(args, data, None, demo=True)
+    # >= 500 samples for the demo's metrics; an MLP on the 8x8 digits
+    assert cfg["sample"]["num_samples"] == 500
+    assert cfg["network"]["net"] == "mlp" and cfg["data"]["shape"] == [1, 8, 8]
+    assert cfg["data"]["levels"] == 17 and cfg["data"]["num_classes"] is None
+    args = build_parser().parse_args(["train", "--out", "x", "--label-column", "label",
+                                      "--standardize", "pixel"])  # fmt: skip
+    data = load_data(data_spec(args))
+    from sdegen._cli._data import fit_transform
+
+    t = fit_transform("pixel", data)
+    cfg = run_config(args, data, t, demo=False)
+    assert cfg["data"]["num_classes"] == 10 and cfg["label_dropout"] == 0.1
+    assert cfg["transform"]["kind"] == "affine" and cfg["sample"]["num_samples"] == 100
+    y = t.forward(np.asarray(data.train[0]))
+    assert abs(float(np.std(y)) - 1) < 0.05 and abs(float(np.mean(y))) < 0.05
 
 
-def test_draw_samples_are_those_of_split_keys():
-    # Sample i uses jr.split(key, num)[i], whatever the chunk size and mesh: the
-    # chunked, sharded draw equals one vmap over all keys (1e-9 allows for batched
-    # rounding; the samples are O(1)).
-    sde = sg.VPSDE()
-    model = sg.nn.NoiseParam(sg.nn.MLP(2, 8, 1, key=jr.key(0)), sde)
-    key = jr.key(3)
-    ref = jax.vmap(lambda k: sg.sample_ode(k, sde, model, (2,), "heun", num_steps=4,
-                                           denoise=True))(jr.split(key, 7))  # fmt: skip
-    opts = dict(solver="heun", sampler="ode", num_steps=4, num=7, chunk=3)
-    for mesh in (None, sg.make_mesh(1)):
-        x = draw_samples(key, sde, model, (2,), mesh=mesh, **opts)
-        assert isinstance(x, np.ndarray) and x.shape == (7, 2)
-        np.testing.assert_allclose(x, np.asarray(ref), rtol=0, atol=1e-9)
-    assert np.max(np.abs(x[0] - x[1])) > 1e-3
+def test_sample_metrics_and_figures_of_points(tmp_path):
+    from sdegen._cli._report import sample_metrics, write_samples
+
+    rng = np.random.default_rng(0)
+    ring = lambda n: np.stack([np.cos(a := rng.uniform(0, 6.3, n)), np.sin(a)], -1)
+    data = ring(400) + 0.05 * rng.normal(size=(400, 2))
+    good = ring(200) + 0.05 * rng.normal(size=(200, 2))
+    bad = good * 3 + 5
+    m_good = sample_metrics(good, data, kind="vector", dataset="moons")
+    m_bad = sample_metrics(bad, data, kind="vector", dataset="moons")
+    assert m_good["mmd"] < m_bad["mmd"] and m_good["frac_outside_range"] < 0.1
+    assert m_bad["frac_outside_range"] > 0.5
+    assert m_good["frechet_ratio"] < m_bad["frechet_ratio"]
+    paths = write_samples(tmp_path / "s.png", good, data, "vector", "moons")
+    assert [p.name for p in paths] == ["s.npy", "s.png"]
+    _png(tmp_path / "s.png")
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), good)
 
 
-def test_device_options(tmp_path, capsys, monkeypatch):
-    calls = []
-    monkeypatch.setattr(cli, "distributed_initialize",
-                        lambda **kw: calls.append(kw) or (0, 1))  # fmt: skip
-    n = jax.device_count()
-    # The multi-host options initialise jax.distributed first; then --devices is
-    # checked against the devices there are (before anything is trained).
-    assert main(["train", "--dataset", "moons", "--quick", "--out", str(tmp_path),
-                 "--coordinator", "localhost:1234", "--num-processes", "1",
-                 "--process-id", "0", "--devices", str(n + 1)]) == 2  # fmt: skip
-    assert calls == [{"coordinator_address": "localhost:1234", "num_processes": 1,
-                      "process_id": 0}]  # fmt: skip
-    assert f"--devices must be in [0, {n}]" in capsys.readouterr().err
-    assert not (tmp_path / "config.json").exists()
-    # Without them: no initialisation; --devices on sample and likelihood too.
-    for command in ("sample", "likelihood"):
-        assert main([command, "--out", str(tmp_path / "nothing"), "--devices",
-                     "-1"]) == 2  # fmt: skip
-        assert "--devices must be in" in capsys.readouterr().err
-    assert len(calls) == 1
-    # --devices 0 is every device; no --devices keeps the single-device path.
-    parse = build_parser().parse_args
-    mesh = cli._setup_devices(parse(["sample", "--out", "x", "--devices", "0"]))
-    assert mesh.shape["data"] == n
-    assert cli._setup_devices(parse(["sample", "--out", "x"])) is None
+def test_image_grid_marks_values_out_of_range(tmp_path):
+    from sdegen._plot import image_grid, save_image_grid
 
-
-@pytest.mark.slow
-def test_demo_digits_quick(tmp_path):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--net-width", "8",
-                 "--no-progress"]) == 0  # fmt: skip
-    _png(out / "samples.png")
-    _png(out / "loss.png")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["dataset"] == "digits" and metrics["samples_finite"]
-    assert 0 < metrics["classifier_confidence"] <= 1
-    assert len(metrics["class_counts"]) == 10
-    assert np.load(out / "samples.npy").shape == (16, 1, 8, 8)
+    x = np.zeros((2, 1, 3, 3))
+    plain = image_grid(x)
+    assert plain.ndim == 2  # grey, nothing to mark
+    x[1, 0, 1, 1] = 1.5
+    x[1, 0, 2, 2] = -3.0
+    x[1, 0, 0, 0] = np.nan
+    g = image_grid(x, ncols=2)
+    assert g.shape == (5, 9, 3)
+    # image 1 starts at column 5: above 1 light red, below -1 dark red, NaN magenta,
+    # and a red frame
+    assert tuple(g[1 + 1, 5 + 1]) == (255, 150, 150)
+    assert tuple(g[1 + 2, 5 + 2]) == (120, 0, 0)
+    assert tuple(g[1, 5]) == (255, 0, 255)
+    assert tuple(g[0, 4]) == tuple(g[4, 8]) == (255, 0, 0)  # frame
+    assert tuple(g[1 + 1, 1 + 1]) == (128, 128, 128)  # image 0 untouched
+    assert tuple(g[0, 0]) == (0, 0, 0)  # image 0's frame is not red
+    _png(save_image_grid(tmp_path / "g.png", x, title="t"))

@@ -137,22 +137,49 @@ def image_dataset(tmp_path):
     return path, pix, rgb
 
 
-def test_load_hf_images(image_dataset):
+def test_load_hf_images_stream_as_rows(image_dataset):
+    import datasets
+
     path, pix, rgb = image_dataset
-    x, y = sg.data.load_hf(path)
-    assert x.shape == (10, 1, 6, 4)
-    np.testing.assert_allclose(np.asarray(x)[:, 0], pix / 127.5 - 1, atol=1e-12)
-    np.testing.assert_array_equal(np.asarray(y), np.arange(10) % 3)
-    xc, _ = sg.data.load_hf(path, column="colour", label_column=None)
-    assert xc.shape == (10, 3, 6, 4)
-    np.testing.assert_allclose(
-        np.asarray(xc), np.transpose(rgb, (0, 3, 1, 2)) / 127.5 - 1, atol=1e-12
-    )
-    xs, _ = sg.data.load_hf(path, image_size=(3, 2), max_examples=4)
-    assert xs.shape == (4, 1, 3, 2)
-    assert float(xs.min()) >= -1 and float(xs.max()) <= 1
-    with pytest.raises(ValueError, match="`column` 'nope' is not a column"):
-        sg.data.load_hf(path, column="nope")
+    ds = sg.data.load_hf(path)
+    assert isinstance(ds, datasets.Dataset) and len(ds) == 10
+    fmt = sg.data.hf_format(ds)
+    assert fmt.shape == (1, 6, 4) and fmt.num_classes == 3 and fmt.kind == "image"
+    assert fmt.column == "img" and fmt.label_column == "cls"  # the ClassLabel
+    assert fmt.value_range == (0.0, 255.0)
+    batch = ds[[3, 0, 7]]  # converted when read
+    assert batch["x"].shape == (3, 1, 6, 4) and batch["x"].dtype == jnp.zeros(()).dtype
+    np.testing.assert_allclose(batch["x"][:, 0], pix[[3, 0, 7]] / 127.5 - 1, atol=1e-6)
+    np.testing.assert_array_equal(batch["label"], [0, 0, 1])
+    x, y = sg.data.to_arrays(ds, batch_size=4)
+    np.testing.assert_allclose(x[:, 0], pix / 127.5 - 1, atol=1e-6)
+    np.testing.assert_array_equal(y, np.arange(10) % 3)
+    # colour, no labels; grey -> RGB and RGB -> grey on request
+    xc, yc = sg.data.to_arrays(sg.data.load_hf(path, image_column="colour",
+                                               label_column=None))  # fmt: skip
+    assert yc is None
+    np.testing.assert_allclose(xc, np.transpose(rgb, (0, 3, 1, 2)) / 127.5 - 1, atol=1e-6)
+    assert sg.data.load_hf(path, channels=3)[0]["x"].shape == (3, 6, 4)
+    grey = sg.data.load_hf(path, image_column="colour", channels=1)[[0]]["x"]
+    assert grey.shape == (1, 1, 6, 4)
+    # resizing and the first rows only; a select keeps the format
+    small = sg.data.load_hf(path, image_size=(3, 2), max_examples=4, dtype=np.float32)
+    assert len(small) == 4 and small[[0, 1]]["x"].shape == (2, 1, 3, 2)
+    assert small[[0]]["x"].dtype == np.float32
+    part = small.select([2, 3])
+    assert sg.data.hf_format(part).shape == (1, 3, 2) and part[[1]]["x"].shape == (1, 1, 3, 2)
+    roundtrip = sg.data.HFFormat.from_dict(sg.data.hf_format(small).to_dict())
+    assert roundtrip == sg.data.hf_format(small)
+
+
+def test_load_hf_feeds_a_dataset_source(image_dataset):
+    path, pix, _ = image_dataset
+    ds = sg.data.load_hf(path)
+    src = sg.data.DatasetSource(ds, "x", "label")
+    x, y = src.batch([5, 1])
+    np.testing.assert_allclose(x[:, 0], pix[[5, 1]] / 127.5 - 1, atol=1e-6)
+    np.testing.assert_array_equal(y, [2, 1])
+    assert src.shape == (1, 6, 4)
 
 
 def test_load_hf_arrays_and_splits(tmp_path):
@@ -164,23 +191,28 @@ def test_load_hf_arrays_and_splits(tmp_path):
     d = datasets.Dataset.from_dict({"xy": pts.tolist(), "arr": imgs.tolist()})
     dd = datasets.DatasetDict({"train": d, "test": d.select(range(5))})
     dd.save_to_disk(str(tmp_path / "dd"))
-    x, y = sg.data.load_hf(tmp_path / "dd", column="xy", scale="none")
+    x, y = sg.data.to_arrays(sg.data.load_hf(tmp_path / "dd", image_column="xy",
+                                             scale="none", dtype=np.float64))  # fmt: skip
     assert y is None
-    np.testing.assert_allclose(np.asarray(x), pts, rtol=1e-12)
-    x, _ = sg.data.load_hf(tmp_path / "dd", column="xy", split="test")
+    np.testing.assert_allclose(x, pts, rtol=1e-12)
+    ds = sg.data.load_hf(tmp_path / "dd", image_column="xy", split="test",
+                         dtype=np.float64)  # fmt: skip
     lo, hi = pts[:5].min(), pts[:5].max()
-    np.testing.assert_allclose(np.asarray(x), 2 * (pts[:5] - lo) / (hi - lo) - 1)
+    assert sg.data.hf_format(ds).value_range == (lo, hi)
+    np.testing.assert_allclose(sg.data.to_arrays(ds)[0], 2 * (pts[:5] - lo) / (hi - lo) - 1)
     # integer arrays in [0, 255], channels last: 8-bit scaling and CHW
-    x, _ = sg.data.load_hf(tmp_path / "dd", column="arr")
+    x, _ = sg.data.to_arrays(sg.data.load_hf(tmp_path / "dd", image_column="arr",
+                                             dtype=np.float64))  # fmt: skip
     assert x.shape == (20, 3, 5, 5)
-    np.testing.assert_allclose(
-        np.asarray(x), np.transpose(imgs, (0, 3, 1, 2)) / 127.5 - 1, atol=1e-12
-    )
-    with pytest.raises(ValueError, match="`split` 'validation' not found"):
+    np.testing.assert_allclose(x, np.transpose(imgs, (0, 3, 1, 2)) / 127.5 - 1, atol=1e-12)
+    with pytest.raises(ValueError, match="`split` 'validation' not found.*train, test"):
         sg.data.load_hf(tmp_path / "dd", split="validation")
+    d.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(ValueError, match="`split` 'test'.*one data set"):
+        sg.data.load_hf(tmp_path / "one", split="test")
 
 
-def test_load_hf_errors(tmp_path):
+def test_load_hf_errors(tmp_path, monkeypatch):
     import datasets
     import PIL.Image
 
@@ -190,19 +222,48 @@ def test_load_hf_errors(tmp_path):
         sg.data.load_hf(tmp_path / "nan")
     imgs = [PIL.Image.new("L", (4, 4)), PIL.Image.new("L", (5, 4))]
     mixed = datasets.Dataset.from_dict(
-        {"image": imgs}, features=datasets.Features({"image": datasets.Image()})
-    )
+        {"image": imgs, "name": ["a", "b"], "score": [0.5, 1.5], "k": [0, -1]},
+        features=datasets.Features({"image": datasets.Image(),
+                                    "name": datasets.Value("string"),
+                                    "score": datasets.Value("float32"),
+                                    "k": datasets.Value("int64")}),
+    )  # fmt: skip
     mixed.save_to_disk(str(tmp_path / "mixed"))
-    with pytest.raises(ValueError, match="different shapes.*image_size"):
-        sg.data.load_hf(tmp_path / "mixed")
-    x, _ = sg.data.load_hf(tmp_path / "mixed", image_size=4)
+    ds = sg.data.load_hf(tmp_path / "mixed", label_column=None)  # first row is fine
+    with pytest.raises(ValueError, match="differ in size.*pass `image_size`"):
+        ds[[0, 1]]
+    x, _ = sg.data.to_arrays(sg.data.load_hf(tmp_path / "mixed", image_size=4,
+                                             label_column=None))  # fmt: skip
     assert x.shape == (2, 1, 4, 4)
+    where = tmp_path / "mixed"
+    for kwargs, message in [
+        (dict(image_column="nope"), "`image_column` 'nope' is not a column.*image \\(Image\\)"),
+        (dict(image_column="name"), "`image_column` 'name' holds .*string"),
+        (dict(label_column="name"), "`label_column` 'name' holds .*string.*integer"),
+        (dict(label_column="score"), "`label_column` 'score' holds .*float32"),
+        (dict(label_column="k"), "`label_column` 'k' holds negative labels"),
+        (dict(label_column="image"), "`label_column` 'image' is also the image column"),
+        (dict(image_size=0), "`image_size` must be a positive int"),
+        (dict(channels=2), "`channels` must be 1 or 3 for images"),
+        (dict(max_examples=0), "`max_examples` must be a positive int"),
+        (dict(scale="unit"), "`scale` must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            sg.data.load_hf(where, **kwargs)
     text = datasets.Dataset.from_dict({"s": ["a", "b"]})
     text.save_to_disk(str(tmp_path / "text"))
     with pytest.raises(ValueError, match="No image or array column"):
         sg.data.load_hf(tmp_path / "text")
-    with pytest.raises(ValueError, match="`scale` must be"):
-        sg.data.load_hf(tmp_path / "text", scale="unit")
+    with pytest.raises(ValueError, match="no such file or folder"):
+        sg.data.load_hf(tmp_path.as_posix() + "/missing")
+    with pytest.raises(ValueError, match="not a data set returned by sdegen.data.load_hf"):
+        sg.data.hf_format(text)
+    # an unreachable hub name: one line (offline mode stands in for no network)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="'someone/nothing': could not load it from the "
+                                         "Hugging Face hub") as e:  # fmt: skip
+        sg.data.load_hf("someone/nothing")
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- batching

@@ -316,3 +316,65 @@ def test_distributed_initialize_validates():
         sg.distributed_initialize("localhost:1234", num_processes=0, process_id=0)
     with pytest.raises(ValueError, match="`process_id` must be an int in"):
         sg.distributed_initialize("localhost:1234", num_processes=2, process_id=2)
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def test_two_processes_train_and_sample_as_one_job(tmp_path):
+    """Two JAX processes on 127.0.0.1 (one CPU device each, gloo collectives) joined
+    by `sdegen.distributed_initialize` train 4 steps with `mesh=make_mesh(2)` and
+    sample with `sdegen.sample_many(mesh=...)`: the losses, weights and samples are
+    those of the same run in this one process (tolerance 1e-9: float64 summation
+    order only, against weight changes of ~1e-2 and samples of O(1))."""
+    import socket
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _multiprocess_common as common
+
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("XLA_FLAGS", None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # fmt: skip
+    worker = Path(__file__).with_name("_multiprocess_worker.py")
+    procs = [subprocess.Popen([sys.executable, "-W", "error", str(worker), str(port),
+                               str(pid), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]  # fmt: skip
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300))
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-4000:]
+    res = np.load(tmp_path / "result.npz")
+    # the reference: the same run and samples in this process (one device)
+    state, hist = sg.train(common.model(), common.loss_fn, common.data(), common.CFG,
+                           progress=False)  # fmt: skip
+    ref_samples = jax.vmap(lambda k: common.sample_one(state.ema_model, k))(
+        jr.split(jr.key(11), common.NUM_SAMPLES))
+    assert list(res["devices"]) == [2, 2]
+    np.testing.assert_allclose(res["losses"], state.losses, rtol=0, atol=STEP_TOL)
+    np.testing.assert_allclose(res["ema_loss"], [r["ema_loss"] for r in hist["log"]],
+                               rtol=0, atol=STEP_TOL)  # fmt: skip
+    leaves = jax.tree_util.tree_leaves(eqx.filter((state.model, state.ema_model),
+                                                  eqx.is_array))  # fmt: skip
+    moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(state.model, eqx.is_inexact_array)),
+        jax.tree_util.tree_leaves(eqx.filter(common.model(), eqx.is_inexact_array))))
+    assert moved > 1e3 * STEP_TOL
+    for i, leaf in enumerate(leaves):
+        np.testing.assert_allclose(res[f"leaf{i}"], np.asarray(leaf), rtol=0,
+                                   atol=STEP_TOL)  # fmt: skip
+    assert res["samples"].shape == (common.NUM_SAMPLES, 2)
+    assert np.max(np.abs(res["samples"])) > 0.1
+    np.testing.assert_allclose(res["samples"], ref_samples, rtol=0, atol=SAMPLE_TOL)
+    # process 0 wrote the checkpoints, which resume here on one device
+    assert sg.latest_checkpoint(tmp_path / "ckpt").name == "step_000000004.ckpt"

@@ -16,7 +16,8 @@ import optax
 import pytest
 
 import sdegen as sg
-from sdegen._losses import _draw_time, _importance_grid
+from sdegen._losses._common import drop_labels, example_keys
+from sdegen._losses._dsm import draw_times
 
 from .helpers import SDES, eight_gaussians, mixture_3d
 
@@ -159,10 +160,11 @@ def test_importance_weights_are_unbiased(sde_name, getkey):
     # E_q[1 / ((T - eps) q(t))] = 1 and E_q[w f(t)] = mean of f over U(eps, T).
     sde = SDES[sde_name]()
     eps = 1e-5
-    grid = _importance_grid(sde, eps, jnp.float64)
+    times = sg.ImportanceTimes().prepare(sde, eps, jnp.float64)
     keys = jr.split(getkey(), 20_000)
-    draw = jax.jit(jax.vmap(lambda k: _draw_time(sde, k, eps, jnp.float64, None, grid)))
-    t, w = draw(keys)
+    t, w = jax.jit(lambda k: draw_times(sde, k, times, eps, None, False, jnp.float64))(
+        keys
+    )
     assert bool(jnp.all((t >= eps) & (t <= sde.T)))
     m, se = _mean_se(w)
     assert abs(m - 1) < Z * se + 1e-12
@@ -359,6 +361,152 @@ def test_ssm_is_unbiased_for_ism(getkey):
 
 
 # --------------------------------------------------------------------------------
+# Reductions, the EDM weighting, time sampling, label dropout
+
+
+def test_mean_reduction_divides_the_sum_by_the_entries(getkey):
+    sde = sg.VPSDE()
+    gmm = eight_gaussians()
+    model = Shifted(gmm.score(sde), jnp.array([0.2, -0.1]), 1.1)
+    ncs = gmm.noise_conditional_score()
+    abar, eps_model = _vp_ddpm(20)
+    sigmas = sg.geometric_sigmas(5.0, 0.1, 5)
+    data = gmm.sample(getkey(), 16)
+    key = getkey()
+    calls = [
+        lambda r: sg.dsm_loss(model, sde, data, key, reduction=r),
+        lambda r: sg.dsm_loss(model, sde, data, key, weighting="edm", times="lognormal",
+                              stratified=True, reduction=r),  # fmt: skip
+        lambda r: sg.single_dsm_loss(model, sde, data[0], key, reduction=r),
+        lambda r: sg.ncsn_loss(ncs, sigmas, data, key, reduction=r),
+        lambda r: sg.single_ncsn_loss(ncs, sigmas, data[0], key, reduction=r),
+        lambda r: sg.ddpm_loss(eps_model, abar, data, key, reduction=r),
+        lambda r: sg.ssm_loss(model, sde, data, key, reduction=r),
+        lambda r: sg.ism_loss(model, sde, data, key, reduction=r),
+    ]
+    both = jax.jit(lambda: [(f("sum"), f("mean")) for f in calls])
+    for i, (total, mean) in enumerate(both()):
+        assert jnp.allclose(mean, total / 2, rtol=1e-12, atol=0), i
+
+
+def test_edm_weighting_is_the_edm_loss(getkey):
+    # EDM (Karras et al. 2022, eq. 8, Table 1): lambda = (st^2 + sd^2)/(st sd)^2 on
+    # ||D - x0||^2 with D = (x_t + sigma^2 s)/alpha, st = sigma/alpha; with the EDM
+    # preconditioner this is ||F - (x0 - c_skip x~)/c_out||^2 on the raw network.
+    sde, sd, t = sg.VPSDE(), 0.7, 0.37
+    net = sg.nn.MLP(2, 16, 2, key=getkey(), embed_dim=8)
+    model = sg.nn.EDMPreconditioner(net, sde, sd)
+    weighting = sg.EDMWeighting(sigma_data=sd)
+    x0s = eight_gaussians().sample(getkey(), 6)
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    st = sigma / alpha
+    assert jnp.allclose(weighting(sde, jnp.asarray(t)),
+                        sigma**2 * (st**2 + sd**2) / sd**2, rtol=1e-12)  # fmt: skip
+    for x0, k in zip(x0s, jr.split(getkey(), 6)):
+        loss = sg.single_dsm_loss(model, sde, x0, k, weighting=weighting, t=t)
+        z = jr.normal(jr.split(k)[1], (2,))
+        xt = alpha * x0 + sigma * z
+        denoised = (xt + sigma**2 * model(t, xt)) / alpha
+        edm = (st**2 + sd**2) / (st * sd) ** 2 * jnp.sum((denoised - x0) ** 2)
+        assert jnp.allclose(loss, edm, rtol=1e-10), (loss, edm)
+        x_tilde = xt / alpha
+        c_skip = sd**2 / (st**2 + sd**2)
+        c_out = st * sd / jnp.sqrt(st**2 + sd**2)
+        c_in = 1 / jnp.sqrt(st**2 + sd**2)
+        raw = net(0.25 * jnp.log(st), c_in * x_tilde)
+        target = (x0 - c_skip * x_tilde) / c_out
+        assert jnp.allclose(loss, jnp.sum((raw - target) ** 2), rtol=1e-10)
+    # the name "edm" is sigma_data = 0.5
+    key = getkey()
+    a = sg.single_dsm_loss(model, sde, x0s[0], key, weighting="edm", t=t)
+    b = sg.single_dsm_loss(model, sde, x0s[0], key, weighting=sg.EDMWeighting(0.5), t=t)
+    assert jnp.allclose(a, b, rtol=1e-14)
+    assert sg.WEIGHTINGS == ("sigma2", "likelihood", "edm")
+    assert sg.TIME_SAMPLINGS == ("uniform", "importance", "lognormal")
+
+
+def test_stratified_times_one_per_stratum_same_mean_less_variance(getkey):
+    sde, eps, n = sg.VPSDE(), 1e-3, 16
+    for times in (sg.UniformTimes(), sg.LogNormalTimes()):
+        t, w = draw_times(sde, jr.split(getkey(), n), times, eps, None, True, jnp.float64)
+        assert jnp.all(w == 1)
+        if isinstance(times, sg.UniformTimes):
+            u = (t - eps) / (sde.T - eps)
+        else:  # the normal quantile of ln(sigma/alpha)
+            u = jax.scipy.stats.norm.cdf(
+                (jnp.log(jax.vmap(sde.sigma)(t) / jax.vmap(sde.alpha)(t)) + 1.2) / 1.2
+            )
+        b = jnp.arange(n)
+        assert jnp.all((u >= b / n - 1e-9) & (u < (b + 1) / n + 1e-9)), u
+    # Stratified times are unbiased with less variance: the batch mean of
+    # sigma(t_b)^2 (the excess loss of a shifted score, per unit shift) ...
+    keys = jr.split(getkey(), 1000)
+
+    def batch_mean(k, st):
+        t, _ = draw_times(sde, jr.split(k, n), sg.UniformTimes(), eps, None, st,
+                          jnp.float64)  # fmt: skip
+        return jnp.mean(jax.vmap(sde.sigma)(t) ** 2)
+
+    f = jax.jit(jax.vmap(batch_mean, (0, None)), static_argnums=1)
+    plain, strat = np.asarray(f(keys, False)), np.asarray(f(keys, True))
+    (m1, se1), (m2, se2) = _mean_se(plain), _mean_se(strat)
+    assert abs(m1 - m2) < Z * math.hypot(se1, se2), (m1, se1, m2, se2)
+    assert abs(m2 - _mean_sigma2(sde, eps)) < Z * se2
+    assert np.var(strat) < 0.05 * np.var(plain), (np.var(strat), np.var(plain))
+    # ... and so is the loss: same expectation with and without stratification.
+    gmm = eight_gaussians()
+    model = Shifted(gmm.score(sde), jnp.array([1.0, 1.0]))
+    data = gmm.sample(getkey(), n)
+    g = jax.jit(jax.vmap(lambda k, st: sg.dsm_loss(model, sde, data, k, eps=eps,
+                                                   stratified=st),
+                         (0, None)), static_argnums=1)  # fmt: skip
+    (m1, se1), (m2, se2) = _mean_se(g(keys, False)), _mean_se(g(keys, True))
+    assert abs(m1 - m2) < Z * math.hypot(se1, se2), (m1, se1, m2, se2)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_lognormal_times_follow_edm(sde_name, getkey):
+    # ln(sigma/alpha) ~ N(P_mean, P_std^2) (Karras et al. 2022), clipped to [eps, T].
+    import scipy.stats
+
+    sde, eps = SDES[sde_name](), 1e-5
+    times = sg.LogNormalTimes(p_mean=-1.2, p_std=1.2)
+    t, w = draw_times(sde, jr.split(getkey(), 4000), times, eps, None, False,
+                      jnp.float64)  # fmt: skip
+    assert jnp.all(w == 1) and jnp.all((t >= eps) & (t <= sde.T))
+    inside = np.asarray((t > eps) & (t < sde.T))
+    log_st = np.log(np.asarray(jax.vmap(sde.sigma)(t) / jax.vmap(sde.alpha)(t)))
+    lo = math.log(float(sde.sigma(eps) / sde.alpha(eps)))
+    hi = math.log(float(sde.sigma(sde.T) / sde.alpha(sde.T)))
+    # the clipped draws are those beyond the ends, with the normal's tail masses
+    tails = scipy.stats.norm.cdf(lo, -1.2, 1.2) + scipy.stats.norm.sf(hi, -1.2, 1.2)
+    assert abs((~inside).mean() - tails) < 5 * math.sqrt(tails / 4000) + 1e-3
+    truncated = scipy.stats.truncnorm((lo + 1.2) / 1.2, (hi + 1.2) / 1.2, -1.2, 1.2)
+    assert scipy.stats.kstest(log_st[inside], truncated.cdf).pvalue > 1e-3
+
+
+def test_label_dropout_replaces_labels_by_the_null_class(getkey):
+    n, p = 4000, 0.25
+    labels = jnp.arange(n) % 10
+    _, drop_keys = example_keys(getkey(), n)
+    out = drop_labels(labels, drop_keys, p, 10)
+    dropped = np.asarray(out == 10)
+    assert abs(dropped.mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert jnp.all(out[~dropped] == labels[~dropped])
+    sde = sg.VPSDE()
+    net = sg.nn.MLP(2, width=16, depth=2, key=getkey(), num_classes=3, embed_dim=8)
+    model = sg.nn.NoiseParam(net, sde)
+    data = eight_gaussians().sample(getkey(), 32)
+    labels, key = jnp.arange(32) % 3, getkey()
+    loss = jax.jit(lambda lab, p: sg.dsm_loss(model, sde, data, key, labels=lab,
+                                              label_dropout=p, null_label=3))  # fmt: skip
+    # p = 1: every label is the null class; p = 0: the labels as given
+    assert loss(labels, 1.0) == loss(jnp.full(32, 3), 0.0)
+    assert loss(labels, 0.0) == sg.dsm_loss(model, sde, data, key, labels=labels)
+    assert loss(labels, 0.0) != loss(labels, 1.0)
+
+
+# --------------------------------------------------------------------------------
 # Transformations, labels and errors
 
 
@@ -407,20 +555,36 @@ def test_loss_errors(getkey):
     exact = gmm.score(sde)
     data = gmm.sample(getkey(), 8)
     key = getkey()
-    with pytest.raises(ValueError, match="'sigma2', 'likelihood'"):
+    known = "Known weighting names: sigma2, likelihood, edm"
+    with pytest.raises(ValueError, match=f"Unknown weighting 'uniform' for `weighting`. {known}"):
         sg.dsm_loss(exact, sde, data, key, weighting="uniform")
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="Unknown time 'beta' for `times`. Known time names: uniform, importance, lognormal"):
+        sg.dsm_loss(exact, sde, data, key, times="beta")
+    with pytest.raises(ValueError, match="`reduction` must be one of 'sum', 'mean', got 'max'"):
+        sg.dsm_loss(exact, sde, data, key, reduction="max")
+    with pytest.raises(ValueError, match="`batch` contains 1 non-finite"):
         sg.dsm_loss(exact, sde, data.at[0, 0].set(jnp.nan), key)
     with pytest.raises(ValueError, match=r"\(batch, \*data\)"):
         sg.dsm_loss(exact, sde, data[0], key)
     with pytest.raises(ValueError, match="data's shape"):
         sg.dsm_loss(lambda t, x: x[:1], sde, data, key)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match="`eps` must satisfy 0 < eps < T"):
         sg.dsm_loss(exact, sde, data, key, eps=0.0)
     with pytest.raises(ValueError, match="fixed `t`"):
         sg.dsm_loss(exact, sde, data, key, t=0.5, importance_sampling=True)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="cannot be combined with `times='lognormal'`"):
+        sg.dsm_loss(exact, sde, data, key, times="lognormal", importance_sampling=True)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(8,\)"):
         sg.dsm_loss(exact, sde, data, key, labels=jnp.zeros(3, int))
+    with pytest.raises(ValueError, match="`label_dropout` > 0 needs `null_label`"):
+        sg.dsm_loss(exact, sde, data, key, labels=jnp.zeros(8, int), label_dropout=0.1)
+    with pytest.raises(ValueError, match=r"`label_dropout` must be in \[0, 1\]"):
+        sg.dsm_loss(exact, sde, data, key, labels=jnp.zeros(8, int), label_dropout=2.0,
+                    null_label=3)  # fmt: skip
+    with pytest.raises(ValueError, match="`sigma_data` must be finite and > 0"):
+        sg.EDMWeighting(sigma_data=0.0)
+    with pytest.raises(ValueError, match="`p_std` must be finite and > 0"):
+        sg.LogNormalTimes(p_std=-1.0)
     sigmas = sg.geometric_sigmas(5.0, 0.1, 5)
     ncs = gmm.noise_conditional_score()
     with pytest.raises(ValueError, match="strictly decreasing"):
@@ -430,11 +594,11 @@ def test_loss_errors(getkey):
     abar, eps_model = _vp_ddpm()
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         sg.ddpm_loss(eps_model, abar.at[0].set(1.5), data, key)
-    with pytest.raises(ValueError, match="num_projections"):
+    with pytest.raises(ValueError, match="`num_projections` must be a positive int"):
         sg.ssm_loss(exact, sde, data, key, num_projections=0)
     with pytest.raises(ValueError, match="'rademacher', 'gaussian'"):
         sg.ssm_loss(exact, sde, data, key, projection="sphere")
-    with pytest.raises(ValueError, match="'sigma2', 'likelihood'"):
+    with pytest.raises(ValueError, match="Unknown weighting 'nope'"):
         sg.ism_loss(exact, sde, data, key, weighting="nope")
 
 

@@ -6,12 +6,18 @@ from ._gmm import (
     NoiseConditionalScore as NoiseConditionalScore,
     eight_gaussians as eight_gaussians,
 )
+from ._hf import (
+    HFFormat as HFFormat,
+    hf_format as hf_format,
+    load_hf as load_hf,
+    to_arrays as to_arrays,
+)
 from ._images import (
     batch_indices as batch_indices,
     batches as batches,
     load_digits as load_digits,
-    load_hf as load_hf,
 )
+from ._source import DatasetSource as DatasetSource
 from ._toy import (
     TOY_DATASETS as TOY_DATASETS,
     ToyInfo as ToyInfo,
@@ -21,4 +27,10 @@ from ._toy import (
     swiss_roll as swiss_roll,
     toy as toy,
     two_moons as two_moons,
+)
+from ._transform import (
+    AbstractDataTransform as AbstractDataTransform,
+    AffineTransform as AffineTransform,
+    standardize as standardize,
+    transform_from_dict as transform_from_dict,
 )

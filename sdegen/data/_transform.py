@@ -1,0 +1,136 @@
+r"""Data transforms recorded with a run and undone on its samples.
+
+A score model learns best on data that is centred and of known scale (EDM's
+preconditioning assumes the data's standard deviation $\sigma_d$; Karras et al. 2022,
+§5). [`sdegen.data.AffineTransform`][] maps data $x$ to $y = (x - m)/s$ for training
+and samples back by $x = s\,y + m$; [`sdegen.data.standardize`][] fits it to a data
+set. It is JSON-serialisable (`to_dict` / [`sdegen.data.transform_from_dict`][]), so a
+run records it in its config and every later command undoes it.
+"""
+
+import abc
+import math
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_choice
+
+
+class AbstractDataTransform(eqx.Module):
+    """An invertible map between the data and the space the model is trained in."""
+
+    @abc.abstractmethod
+    def forward(self, x: Any) -> Any:
+        """Data -> training space (a batch or one example; NumPy in, NumPy out)."""
+
+    @abc.abstractmethod
+    def inverse(self, y: Any) -> Any:
+        """Training space -> data (e.g. on samples)."""
+
+    @abc.abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description, read back by
+        [`sdegen.data.transform_from_dict`][]."""
+
+
+def _as_param(v: Any, name: str) -> np.ndarray:
+    a = np.asarray(v, np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"`{name}` must be finite.")
+    return a
+
+
+def _cast(p: np.ndarray, x: Any):
+    """`p` in `x`'s dtype, with leading axes so that it broadcasts against a batch
+    (JAX may forbid implicit rank promotion)."""
+    ndim = np.ndim(x)
+    if p.ndim > ndim:
+        raise ValueError(
+            f"A transform parameter of shape {p.shape} does not fit an input of shape "
+            f"{np.shape(x)}."
+        )
+    p = p.reshape((1,) * (ndim - p.ndim) + p.shape)
+    if isinstance(x, np.ndarray | np.generic):
+        return p.astype(x.dtype)
+    return jnp.asarray(p, jnp.asarray(x).dtype)
+
+
+class AffineTransform(AbstractDataTransform):
+    r"""$y = (x - m)/s$ and back $x = s\,y + m$, with a shift $m$ and a positive
+    scale $s$, each a scalar or an array that broadcasts against one example (e.g.
+    the per-pixel mean image)."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+    def __init__(self, shift: Any = 0.0, scale: Any = 1.0):
+        """**Arguments:** `shift` ($m$) and `scale` ($s > 0$): floats or arrays of
+        (a shape broadcastable to) one example's shape."""
+        self.shift = _as_param(shift, "shift")
+        self.scale = _as_param(scale, "scale")
+        if np.any(self.scale <= 0):
+            raise ValueError("`scale` must be > 0.")
+
+    def forward(self, x):
+        return (x - _cast(self.shift, x)) / _cast(self.scale, x)
+
+    def inverse(self, y):
+        return y * _cast(self.scale, y) + _cast(self.shift, y)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "affine", "shift": self.shift.tolist(),
+                "scale": self.scale.tolist()}  # fmt: skip
+
+
+CENTRES = ("mean", "pixel", "none")
+
+
+def standardize(
+    data: Any, *, center: str = "mean", target_std: float = 1.0
+) -> AffineTransform:
+    r"""Fit an [`sdegen.data.AffineTransform`][] that centres `data` and scales it to
+    standard deviation `target_std`.
+
+    - `center="mean"`: subtract the scalar mean of all entries;
+    - `center="pixel"`: subtract the mean example (per entry: pixels that never change,
+      such as the blank border of the digits, become exactly 0);
+    - `center="none"`: no shift (EDM's convention: then pass the data's std as
+      `sigma_data` to [`sdegen.nn.EDMPreconditioner`][] instead of rescaling, or use
+      `target_std` to fix it).
+
+    The scale is one scalar, $s = \operatorname{std}(x - m)/\text{target\_std}$ over
+    all entries (a per-entry std would blow up constant pixels).
+
+    **Arguments:** `data` of shape `(N, *shape)`; `center`; `target_std` > 0.
+
+    **Returns:** the fitted transform.
+    """
+    check_choice("center", center, CENTRES)
+    if not (isinstance(target_std, int | float) and math.isfinite(target_std)
+            and target_std > 0):  # fmt: skip
+        raise ValueError(f"`target_std` must be a finite float > 0, got {target_std!r}.")
+    x = np.asarray(data, np.float64)
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(
+            f"`data` must have shape (N, *shape) with N >= 2, got shape {x.shape}."
+        )
+    if center == "mean":
+        shift = np.asarray(x.mean())
+    elif center == "pixel":
+        shift = x.mean(axis=0)
+    else:
+        shift = np.asarray(0.0)
+    std = float(np.std(x - shift))
+    if not std > 0:
+        raise ValueError("`data` is constant; it cannot be scaled to unit std.")
+    return AffineTransform(shift, std / target_std)
+
+
+def transform_from_dict(d: dict[str, Any]) -> AbstractDataTransform:
+    """The transform described by `AbstractDataTransform.to_dict()`."""
+    if not isinstance(d, dict) or d.get("kind") != "affine":
+        raise ValueError(f"Unknown data transform description {d!r}.")
+    return AffineTransform(d["shift"], d["scale"])
