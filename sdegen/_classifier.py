@@ -21,7 +21,7 @@ from ._checks import as_float_array, check_shape_arg
 from ._custom_types import Data, KeyArray, RealScalarLike, Scalar
 from ._misc import default_float
 from ._sde import AbstractSDE
-from ._terms import _check_sde
+from ._checks import check_sde as _check_sde
 
 
 class _TimeFeatures(eqx.Module):

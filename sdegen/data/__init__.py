@@ -6,6 +6,11 @@ from ._gmm import (
     NoiseConditionalScore as NoiseConditionalScore,
     eight_gaussians as eight_gaussians,
 )
+from ._posterior import (
+    MixturePosterior as MixturePosterior,
+    MixturePosteriorScore as MixturePosteriorScore,
+    mixture_posterior as mixture_posterior,
+)
 from ._images import (
     batch_indices as batch_indices,
     batches as batches,
