@@ -77,11 +77,11 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
         i = jnp.sum(mid <= t0) if n <= 4096 else jnp.searchsorted(mid, t0, "right")
         return jnp.clip(i, 0, n - 1).astype(jnp.int32)
 
-    def normal(self, t0, stream: int) -> Array:
+    def normal(self, t0, stream: Any) -> Array:
         r"""Standard normals of the path's shape for the step starting at `t0`, from
         stream number `stream` (independent across steps and streams)."""
         k = jr.fold_in(self.key, self.step_index(t0))
-        if stream != STREAM_W:
+        if not (isinstance(stream, int) and stream == STREAM_W):
             k = jr.fold_in(k, stream)
         return jr.normal(k, self.shape.shape, self.shape.dtype)
 

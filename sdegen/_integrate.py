@@ -269,11 +269,10 @@ def adaptive_solve(
     ys = None if save_ts is None else jtu.tree_map(lambda a: a[:-1], sol.ys)
     t_end = sol.ts[-1]
     failed = sol.result != diffrax.RESULTS.successful
-    # Where did it stall? If the vector field is non-finite there, say so.
-    vf_bad = lax.cond(
-        failed, lambda: ~_all_finite(_vector_field(terms, t_end, y1, args)),
-        lambda: jnp.asarray(False),
-    )  # fmt: skip
+    # Where did it stall? If the vector field is non-finite there or just ahead (where
+    # the rejected steps' stages were), say so.
+    vf_bad = lax.cond(failed, lambda: _nonfinite_ahead(terms, t0, t1, t_end, y1, args),
+                      lambda: jnp.asarray(False))  # fmt: skip
     nonfinite = failed & (vf_bad | ~_all_finite(y1))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_state, RESULTS.promote(sol.result))
     num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
@@ -286,6 +285,15 @@ def adaptive_solve(
         t_failed=jnp.where(failed, time_of(t_end), jnp.nan).astype(t_end.dtype),
     )
     return y1, ys, stats
+
+
+def _nonfinite_ahead(terms, t0, t1, t, y, args):
+    """Whether the drift is non-finite at `t` or a little further towards `t1`."""
+    lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
+    offsets = jnp.asarray([0.0, 1e-9, 1e-6, 1e-3], jnp.result_type(t))
+    probe = jnp.clip(t + offsets * (t1 - t0), lo, hi)
+    bad = jax.vmap(lambda s: ~_all_finite(_vector_field(terms, s, y, args)))(probe)
+    return jnp.any(bad)
 
 
 def _vector_field(terms, t, y, args):

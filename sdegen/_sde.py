@@ -23,7 +23,7 @@ import jax.random as jr
 
 from ._checks import check_shape_arg, check_time, concrete_float
 from ._custom_types import Data, KeyArray, RealScalarLike, Scalar
-from ._misc import default_float
+from ._misc import default_float, is_concrete
 
 
 def as_time(t: RealScalarLike) -> Scalar:
@@ -149,7 +149,7 @@ class AbstractSDE(eqx.Module):
         return -0.5 * z.size * math.log(2 * math.pi * s2) - 0.5 * jnp.sum(z**2) / s2
 
 
-def check_T(T: float) -> None:
+def check_T(T: RealScalarLike) -> None:
     v = concrete_float("T", T)
     if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"`T` must be finite and > 0, got {v}.")
@@ -342,7 +342,7 @@ class EDMSDE(AbstractSDE):
     $\varepsilon$ plays the role of EDM's $\sigma_{\min}$ (0.002 in the paper).
     """
 
-    T: float = 80.0
+    T: RealScalarLike = 80.0
 
     def __check_init__(self):
         check_T(self.T)
@@ -366,7 +366,7 @@ class EDMSDE(AbstractSDE):
     @property
     def prior_std(self) -> float:
         r"""$T = \sigma_{\max}$."""
-        return float(self.T)
+        return float(self.T) if is_concrete(self.T) else self.T
 
 
 VPSDE.__init__.__doc__ = r"""**Arguments:**

@@ -39,14 +39,14 @@ def at_lambda(drift: ScoreDrift, lam: Any) -> Point:
 SUCCESS = diffrax.RESULTS.successful
 
 
-def standard_normal(noise: Any, u0: Any, u1: Any, stream: int = STREAM_W) -> Any:
+def standard_normal(noise: Any, u0: Any, u1: Any, stream: Any = STREAM_W) -> Any:
     r"""Standard normals for the step $[u_0, u_1]$: from a [`sdegen.GridBrownianPath`][]
     directly, else the Brownian increment over the step divided by
     $\sqrt{|u_1 - u_0|}$."""
     path = noise.control if isinstance(noise, ScalarDiffusionTerm) else None
     if isinstance(path, GridBrownianPath):
         return path.normal(u0, stream)
-    if stream != STREAM_W:
+    if not (isinstance(stream, int) and stream == STREAM_W):
         raise ValueError(
             "This solver needs several independent normals per step, which only "
             "sdegen.GridBrownianPath provides (sdegen's fixed-step samplers use it); "

@@ -13,6 +13,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._checks import concrete_float
+from .._custom_types import RealScalarLike
 from ._base import (
     SUCCESS,
     AbstractDiffusionSolver,
@@ -45,10 +46,10 @@ class EDMSampler(AbstractDiffusionSolver, AbstractGridAware):
     denoiser calls per step; with churn it needs the reverse-SDE terms for $z$.
     """
 
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
+    s_churn: RealScalarLike = 0.0
+    s_tmin: RealScalarLike = 0.0
+    s_tmax: RealScalarLike = math.inf
+    s_noise: RealScalarLike = 1.0
     num_steps: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
@@ -91,8 +92,8 @@ class EDMSampler(AbstractDiffusionSolver, AbstractGridAware):
                     "through sdegen's samplers, or use .with_num_steps(N)."
                 )
             inside = (sig_s >= self.s_tmin) & (sig_s <= self.s_tmax)
-            gamma = jnp.where(inside, min(self.s_churn / self.num_steps,
-                                          math.sqrt(2) - 1), 0.0)  # fmt: skip
+            churn = jnp.minimum(self.s_churn / self.num_steps, math.sqrt(2) - 1)
+            gamma = jnp.where(inside, churn, 0.0)
             t_hat = jnp.minimum(sde._inverse_lambda(-jnp.log(sig_s * (1 + gamma))), sde.T)
             hat = Point(sde, jnp.where(gamma > 0, t_hat, s.t))
             sig_hat = hat.sigma / hat.alpha

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_choice, concrete_float
+from .._custom_types import RealScalarLike
 from ._base import (
     SUCCESS,
     AbstractDiffusionSolver,
@@ -71,7 +72,7 @@ class DDIM(AbstractDiffusionSolver):
     $\eta > 0$ it needs the reverse-SDE terms (for the noise $z$).
     """
 
-    eta: float = 0.0
+    eta: RealScalarLike = 0.0
 
     def __check_init__(self):
         v = concrete_float("eta", self.eta)
@@ -218,7 +219,7 @@ class DPMSolverPP2MSDE(AbstractDiffusionSolver):
     the correction term from the second step on. One denoiser call per step.
     """
 
-    eta: float = 1.0
+    eta: RealScalarLike = 1.0
 
     def __check_init__(self):
         v = concrete_float("eta", self.eta)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from .._brownian import STREAM_CORRECT
 from .._checks import check_choice, check_int, check_positive
+from .._custom_types import RealScalarLike
 from .._terms import ScoreDrift
 from ._base import standard_normal
 
@@ -86,7 +87,7 @@ class LangevinCorrector(AbstractLangevin):
       gives a zero step.
     """
 
-    snr: float = 0.16
+    snr: RealScalarLike = 0.16
     n_steps: int = eqx.field(static=True, default=1)
     step_rule: str = eqx.field(static=True, default="gaussian")
 
@@ -112,8 +113,8 @@ class AnnealedLangevinCorrector(AbstractLangevin):
     \sigma_L^2$ and $x \leftarrow x + \tfrac{\alpha_i}{2}s + \sqrt{\alpha_i}\,z$, i.e.
     $\epsilon = \alpha_i/2$ above; `n_steps` steps per level."""
 
-    step_lr: float = 2e-5
-    sigma_min: float = 0.01
+    step_lr: RealScalarLike = 2e-5
+    sigma_min: RealScalarLike = 0.01
     n_steps: int = eqx.field(static=True, default=100)
 
     def __check_init__(self):
