@@ -147,8 +147,11 @@ def error_if_not_finite(x: jax.Array, name: str) -> jax.Array:
     if is_concrete(x):
         # numpy, not jnp: under an outer jit, jnp on a closed-over constant traces.
         if not np.all(np.isfinite(np.asarray(x))):
-            bad = int(np.sum(~np.isfinite(np.asarray(x))))
-            raise ValueError(f"`{name}` contains {bad} non-finite values (NaN or inf).")
+            a = np.asarray(x)
+            bad = int(np.sum(~np.isfinite(a)))
+            raise ValueError(
+                f"`{name}` contains non-finite values (NaN or inf): {bad} of {a.size}."
+            )
         return x
     return eqx.error_if(
         x, jnp.any(~jnp.isfinite(x)), f"`{name}` contains non-finite values (NaN or inf)."

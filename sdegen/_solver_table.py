@@ -239,8 +239,8 @@ def lookup(kind: str, name: Any, *, arg: str | None = None,
     if row is None or (predicate is not None and not predicate(row)):
         qualifier = f" {what}" if what else ""
         raise ValueError(
-            f"Unknown `{arg}` {name!r}. Known{qualifier} {kind} names: "
-            f"{', '.join(known_names)}."
+            f"Unknown{qualifier} {kind} {name!r} for `{arg}`. Known{qualifier} "
+            f"{kind} names: {', '.join(known_names)}."
         )
     return row
 

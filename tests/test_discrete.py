@@ -111,7 +111,7 @@ def test_discrete_errors():
     key = jr.key(0)
     with pytest.raises(ValueError, match="`betas` must all lie in"):
         sg.ddpm_sample(key, m, jnp.array([0.1, 1.0]), (2,))
-    with pytest.raises(ValueError, match="Unknown `variance`"):
+    with pytest.raises(ValueError, match="Unknown variance 'large' for `variance`"):
         sg.ddpm_sample(key, m, betas, (2,), variance="large")
     with pytest.raises(ValueError, match="strictly decreasing"):
         sg.ddim_sample(key, m, abar[::-1], (2,))
