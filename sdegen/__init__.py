@@ -3,6 +3,8 @@
 import importlib.metadata
 
 from . import data as data, metrics as metrics, nn as nn
+from ._bpd import bits_per_dim as bits_per_dim, dequantize as dequantize
+from ._brownian import GridBrownianPath as GridBrownianPath
 from ._checkpoint import (
     CheckpointError as CheckpointError,
     checkpoint_metadata as checkpoint_metadata,
@@ -17,14 +19,10 @@ from ._classifier import (
     train_classifier as train_classifier,
 )
 from ._discrete import (
-    VPEpsModel as VPEpsModel,
-    cosine_beta_schedule as cosine_beta_schedule,
+    DiscreteVPSDE as DiscreteVPSDE,
+    EpsScore as EpsScore,
     ddim_sample as ddim_sample,
     ddpm_sample as ddpm_sample,
-    linear_beta_schedule as linear_beta_schedule,
-    vp_alphas_cumprod as vp_alphas_cumprod,
-    vp_betas as vp_betas,
-    vp_eps_model as vp_eps_model,
 )
 from ._distributed import (
     batch_sharding as batch_sharding,
@@ -59,27 +57,26 @@ from ._export import (
     sde_from_dict as sde_from_dict,
     sde_to_dict as sde_to_dict,
 )
+from ._grids import time_grid as time_grid
 from ._guidance import (
     Chain as Chain,
     ClassifierFreeGuidedScore as ClassifierFreeGuidedScore,
     ClassifierGuidedScore as ClassifierGuidedScore,
+    DPSScore as DPSScore,
     chain as chain,
     classifier_free_guidance as classifier_free_guidance,
     classifier_guidance as classifier_guidance,
+    dps_guidance as dps_guidance,
 )
 from ._integrate import (
-    GridBrownianPath as GridBrownianPath,
+    RESULTS as RESULTS,
+    SolveStats as SolveStats,
+    adaptive_solve as adaptive_solve,
     fixed_solve as fixed_solve,
 )
 from ._inverse import (
-    DPSScore as DPSScore,
-    MixturePosterior as MixturePosterior,
-    MixturePosteriorScore as MixturePosteriorScore,
     colorize as colorize,
-    decoupling_matrix as decoupling_matrix,
-    dps_guidance as dps_guidance,
     inpaint as inpaint,
-    mixture_posterior as mixture_posterior,
     solve_inverse as solve_inverse,
 )
 from ._langevin import (
@@ -89,8 +86,6 @@ from ._langevin import (
 )
 from ._likelihood import (
     LikelihoodStats as LikelihoodStats,
-    bits_per_dim as bits_per_dim,
-    dequantize as dequantize,
     log_likelihood as log_likelihood,
     log_likelihood_batch as log_likelihood_batch,
 )
@@ -124,23 +119,21 @@ from ._optim import (
     make_optimizer as make_optimizer,
     make_schedule as make_schedule,
 )
-from ._pc import (
-    PC_STEPS as PC_STEPS,
-    AbstractCorrector as AbstractCorrector,
-    AbstractPredictor as AbstractPredictor,
-    AncestralPredictor as AncestralPredictor,
-    LangevinCorrector as LangevinCorrector,
-    NoCorrector as NoCorrector,
-    PCStepInfo as PCStepInfo,
-    ReverseDiffusionPredictor as ReverseDiffusionPredictor,
-    SolverPredictor as SolverPredictor,
-    pc_sample as pc_sample,
-)
+from ._pc import pc_sample as pc_sample
+from ._projections import decoupling_matrix as decoupling_matrix
 from ._sample import (
     decode as decode,
     encode as encode,
     sample_ode as sample_ode,
     sample_sde as sample_sde,
+)
+from ._schedules import (
+    VPEpsModel as VPEpsModel,
+    cosine_beta_schedule as cosine_beta_schedule,
+    linear_beta_schedule as linear_beta_schedule,
+    vp_alphas_cumprod as vp_alphas_cumprod,
+    vp_betas as vp_betas,
+    vp_eps_model as vp_eps_model,
 )
 from ._sde import (
     EDMSDE as EDMSDE,
@@ -149,13 +142,33 @@ from ._sde import (
     AbstractSDE as AbstractSDE,
     SubVPSDE as SubVPSDE,
 )
+from ._sde_custom import BetaSDE as BetaSDE, CustomSDE as CustomSDE
 from ._solver_table import (
+    REGISTRY as REGISTRY,
     SOLVERS as SOLVERS,
     SolverInfo as SolverInfo,
     solver as solver,
 )
+from ._solvers import (
+    DDIM as DDIM,
+    AbstractCorrector as AbstractCorrector,
+    AbstractDiffusionSolver as AbstractDiffusionSolver,
+    AbstractLangevin as AbstractLangevin,
+    AbstractProjection as AbstractProjection,
+    Ancestral as Ancestral,
+    AnnealedLangevinCorrector as AnnealedLangevinCorrector,
+    DPMSolver2 as DPMSolver2,
+    DPMSolver3 as DPMSolver3,
+    DPMSolverPP2M as DPMSolverPP2M,
+    DPMSolverPP2MSDE as DPMSolverPP2MSDE,
+    EDMSampler as EDMSampler,
+    LangevinCorrector as LangevinCorrector,
+    PredictorCorrector as PredictorCorrector,
+    Projected as Projected,
+)
 from ._terms import (
     ScalarDiffusionTerm as ScalarDiffusionTerm,
+    ScoreDrift as ScoreDrift,
     forward_terms as forward_terms,
     probability_flow_term as probability_flow_term,
     reverse_terms as reverse_terms,
@@ -166,6 +179,11 @@ from ._train import (
     make_step as make_step,
 )
 from ._train_loop import train as train
+from .data._posterior import (
+    MixturePosterior as MixturePosterior,
+    MixturePosteriorScore as MixturePosteriorScore,
+    mixture_posterior as mixture_posterior,
+)
 
 
 try:

@@ -9,7 +9,6 @@ becomes non-finite) are raised by [`raise_if_failed`][] from the solve's statist
 
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -148,8 +147,11 @@ def error_if_not_finite(x: jax.Array, name: str) -> jax.Array:
     if is_concrete(x):
         # numpy, not jnp: under an outer jit, jnp on a closed-over constant traces.
         if not np.all(np.isfinite(np.asarray(x))):
-            bad = int(np.sum(~np.isfinite(np.asarray(x))))
-            raise ValueError(f"`{name}` contains {bad} non-finite values (NaN or inf).")
+            a = np.asarray(x)
+            bad = int(np.sum(~np.isfinite(a)))
+            raise ValueError(
+                f"`{name}` contains non-finite values (NaN or inf): {bad} of {a.size}."
+            )
         return x
     return eqx.error_if(
         x, jnp.any(~jnp.isfinite(x)), f"`{name}` contains non-finite values (NaN or inf)."
@@ -268,7 +270,11 @@ def raise_nonfinite(y: Any, failed: Any, t: Any, where: str) -> Any:
     """Return `y`, raising an error that says non-finite and names `where` (the
     sampler) and the time `t` (to three digits) if `failed`. Eager calls raise at once;
     under `jit`/`vmap` the check is staged with `eqx.branched_error_if`."""
-    return eqx.branched_error_if(y, failed, _time_bucket(t), _nonfinite_messages(where))
+    failed = jnp.asarray(failed)
+    index = jnp.where(failed, _time_bucket(jnp.where(failed, t, 0.0)), 0)
+    return eqx.branched_error_if(
+        y, jnp.any(failed), jnp.max(index), _nonfinite_messages(where)
+    )
 
 
 def describe(fn_name: str, solver: Any) -> str:
@@ -278,12 +284,3 @@ def describe(fn_name: str, solver: Any) -> str:
     if isinstance(solver, str):
         return f"{fn_name} (solver {solver!r})"
     return f"{fn_name} (solver {type(solver).__name__})"
-
-
-def check_model_output_fn(fn: Callable, name: str) -> Callable:
-    """Wrap `fn(t, x, ...)` so that its output's shape is checked against `x`."""
-
-    def wrapped(t, x, *args, **kwargs):
-        return check_output(fn(t, x, *args, **kwargs), x, name)
-
-    return wrapped

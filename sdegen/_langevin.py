@@ -2,12 +2,17 @@ r"""Annealed Langevin dynamics over a ladder of noise levels (Song & Ermon 2019,
 "Generative Modeling by Estimating Gradients of the Data Distribution", Algorithm 1),
 and the geometric sigma ladder of Song & Ermon 2020 ("Improved Techniques for Training
 Score-Based Generative Models", Technique 1).
+
+Annealed Langevin dynamics is corrector-only predictor–corrector sampling: the noise
+level $\sigma$ is the time of the EDM SDE ($\sigma(t) = t$, [`sdegen.EDMSDE`][]), the
+grid is the ladder, and the solver is
+`PredictorCorrector(None, AnnealedLangevinCorrector(...))` on the one engine.
 """
 
 import math
 from collections.abc import Callable
+from typing import Any
 
-import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -15,10 +20,21 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import as_float_array, check_shape_arg, concrete_float
-from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
+from ._checks import (
+    as_float_array,
+    check_callable,
+    check_int,
+    check_positive,
+    check_shape_arg,
+    check_x,
+    concrete_float,
+)
+from ._custom_types import DataLike, KeyArray, RealScalarLike
 from ._misc import default_float, is_concrete
-from ._sample import _check_num_steps, _check_x
+from ._sample import outputs
+from ._sde import EDMSDE
+from ._solve import finish, solve_reverse, tweedie
+from ._solvers import AnnealedLangevinCorrector, PredictorCorrector
 
 
 def _check_sigmas(sigmas) -> Array:
@@ -65,7 +81,7 @@ def sigma_ladder(
 
     **Returns:** the levels, shape `(num_levels,)`, largest first.
     """
-    num_levels = _check_num_steps(num_levels, "num_levels")
+    num_levels = check_int("num_levels", num_levels)
     if (sigma_max is None) == (data is None):
         raise ValueError("Give exactly one of `sigma_max` and `data`.")
     if data is not None:
@@ -105,39 +121,21 @@ def max_pairwise_distance(data: Float[Array, "n ..."]) -> Float[Array, ""]:
     return jnp.sqrt(jnp.max(lax.map(row, x)))
 
 
-@eqx.filter_jit
-def _langevin_loop(key, score_sigma, x_init, sigmas, steps_per_level, step_lr, save):
-    dtype = x_init.dtype
-    sigmas = sigmas.astype(dtype)
-    levels = jnp.repeat(sigmas, steps_per_level)
-    alphas = step_lr * (levels / sigmas[-1]) ** 2
-    keys = jr.split(key, levels.shape[0])
-
-    def body(x, inp):
-        sigma, alpha, k = inp
-        s = jnp.asarray(score_sigma(sigma, x)).astype(dtype)
-        z = jr.normal(k, x.shape, dtype)
-        x = x + 0.5 * alpha * s + jnp.sqrt(alpha) * z
-        return x, (x if save else None)
-
-    x, xs = lax.scan(body, x_init, (levels, alphas, keys))
-    if save:
-        xs = jnp.concatenate([x_init[None], xs], axis=0)
-    return x, xs
-
-
 def annealed_langevin(
     key: KeyArray,
     score_sigma: Callable,
     sigmas: Float[ArrayLike, " levels"],
     shape: tuple[int, ...],
+    *,
     steps_per_level: int = 100,
     step_lr: RealScalarLike = 2e-5,
-    *,
     x_init: DataLike | None = None,
+    args: Any = None,
     denoise: bool = False,
     return_trajectory: bool = False,
-) -> Data | tuple[Data, Float[Array, "steps ..."]]:
+    return_stats: bool = False,
+    throw: bool = True,
+) -> Any:
     r"""Draw one sample by annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
 
     For each level $\sigma_i$ of the decreasing ladder $\sigma_1 > \dots > \sigma_L$,
@@ -150,7 +148,6 @@ def annealed_langevin(
     noise-conditional score. Large $\sigma$ fill the low-density regions between modes
     so that the chain can move mass between them; plain Langevin dynamics (a one-level
     ladder with a small $\sigma$) cannot, and keeps the mode proportions of its start.
-    The whole loop is one jitted `lax.scan`.
 
     **Arguments:**
 
@@ -164,12 +161,14 @@ def annealed_langevin(
     - `x_init`: the starting point (shape `shape`); by default a draw from
       $\mathcal{N}(0, \sigma_1^2 I)$ with `jax.random.split(key)[0]` (NCSN starts from
       uniform noise on images; the Gaussian is the SMLD prior and suits any data).
+    - `args`: passed to the score (see [`sdegen.sample_sde`][]).
     - `denoise`: finish with the denoising step $x + \sigma_L^2 s(\sigma_L, x)$
       (Tweedie's formula; Song & Ermon 2020, Appendix B.2).
-    - `return_trajectory`: also return the states after every step, shape
-      `(L * steps_per_level + 1, *shape)`, starting with `x_init`.
+    - `return_trajectory`: also return the state after each level, shape
+      `(L + 1, *shape)`, starting with `x_init`.
+    - `return_stats`, `throw`: as in [`sdegen.sample_sde`][].
 
-    **Returns:** the sample, or `(sample, trajectory)`.
+    **Returns:** the sample, then the trajectory and statistics if asked for.
 
     **Raises:** `ValueError` for a non-callable score, `sigmas` that are not 1-D,
     positive and strictly decreasing, non-positive `steps_per_level` or `step_lr`, a
@@ -177,28 +176,29 @@ def annealed_langevin(
 
     Score evaluations: `L * steps_per_level` (+1 with `denoise`).
     """
-    if not callable(score_sigma):
-        raise ValueError(
-            "`score_sigma` must be a callable score_sigma(sigma, x) -> Array, got "
-            f"{type(score_sigma).__name__}."
-        )
+    check_callable("score_sigma", score_sigma, "score_sigma(sigma, x) -> Array")
     shape = check_shape_arg("shape", shape)
     sigmas = _check_sigmas(sigmas)
-    steps_per_level = _check_num_steps(steps_per_level, "steps_per_level")
-    lr = concrete_float("step_lr", step_lr)
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"`step_lr` must be finite and > 0, got {lr}.")
+    steps_per_level = check_int("steps_per_level", steps_per_level)
+    check_positive("step_lr", step_lr)
+    dtype = default_float() if x_init is None else as_float_array(x_init, "x_init").dtype
+    sigmas = sigmas.astype(dtype)
+    # The chain starts at a nominal time above sigma_1 (the grid's first point): the
+    # corrector then runs at sigma_1, ..., sigma_L, one level per engine step.
+    above = sigmas[0] * (sigmas[0] / sigmas[1]) if sigmas.shape[0] > 1 else 2 * sigmas[0]
+    ts = jnp.concatenate([above[None], sigmas])
+    sde = EDMSDE(T=above)
     k_prior, k_noise = jr.split(key)
     if x_init is None:
-        x_init = sigmas[0].astype(default_float()) * jr.normal(
-            k_prior, shape, default_float()
-        )
+        x_init = sigmas[0] * jr.normal(k_prior, shape, dtype)
     else:
-        x_init = _check_x(x_init, shape, "x_init")
-    x, traj = _langevin_loop(k_noise, score_sigma, x_init, sigmas, steps_per_level,
-                             step_lr, return_trajectory)  # fmt: skip
+        x_init = check_x(x_init, shape, "x_init")
+    corrector = AnnealedLangevinCorrector(step_lr, sigmas[-1], steps_per_level)
+    solver = PredictorCorrector(None, corrector)
+    x, traj, stats = solve_reverse(k_noise, sde, score_sigma, x_init, solver,
+                                   stochastic=True, ts=ts, args=args,
+                                   save=return_trajectory)  # fmt: skip
+    x = finish(x, stats, "annealed_langevin", throw)
     if denoise:
-        sig = sigmas[-1].astype(x.dtype)
-        x = x + sig**2 * jnp.asarray(score_sigma(sig, x)).astype(x.dtype)
-    return (x, traj) if return_trajectory else x
-
+        x = tweedie(sde, score_sigma, sigmas[-1], x, args)
+    return outputs(x, traj, stats, return_trajectory, return_stats)

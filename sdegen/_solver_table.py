@@ -56,6 +56,17 @@ def _lazy(module: str, name: str, **kwargs: Any) -> Callable[..., Any]:
     return make
 
 
+def _ref(module: str, name: str) -> Callable[[], Any]:
+    """`make` returning a function defined in another sdegen module."""
+
+    def make() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module, __package__), name)
+
+    return make
+
+
 def _s(name, make, description, *, sde=False, ode=False, order="", adaptive=False,
        evals=1, reference=""):  # fmt: skip
     return SolverInfo(name, make, description, "solver", sde, ode, order, adaptive,
@@ -102,6 +113,61 @@ _ROWS: list[SolverInfo] = [
        order="ODE 5", adaptive=True, evals=6),
     _s("dopri8", diffrax.Dopri8, "Dormand–Prince 8(7) for tight tolerances.",
        ode=True, order="ODE 8", adaptive=True, evals=12),
+    # ---------------------------------------------------------------- sdegen's solvers
+    _s("ddim", _lazy("._solvers", "DDIM"),
+       "DDIM (eta = 0) = DPM-Solver++(1): the first-order exponential integrator of the "
+       "probability-flow ODE; one call per step.", ode=True, order="ODE 1",
+       reference="Song, Meng & Ermon 2021"),
+    _s("dpmpp_2m", _lazy("._solvers", "DPMSolverPP2M"),
+       "DPM-Solver++(2M): second-order multistep in log-SNR with the data prediction; "
+       "one call per step.", ode=True, order="ODE 2", reference="Lu et al. 2022"),
+    _s("dpmpp_2m_sde", _lazy("._solvers", "DPMSolverPP2MSDE"),
+       "SDE-DPM-Solver++(2M): the multistep solver for the reverse SDE; one call per "
+       "step.", sde=True, order="SDE 0.5 (2M drift)", reference="Lu et al. 2022"),
+    _s("dpm_solver_2", _lazy("._solvers", "DPMSolver2"),
+       "DPM-Solver-2: single-step, second order in log-SNR with the noise "
+       "prediction.", ode=True, order="ODE 2", evals=2, reference="Lu et al. 2022"),
+    _s("dpm_solver_3", _lazy("._solvers", "DPMSolver3"),
+       "DPM-Solver-3: single-step, third order in log-SNR with the noise "
+       "prediction.", ode=True, order="ODE 3", evals=3, reference="Lu et al. 2022"),
+    _s("edm", _lazy("._solvers", "EDMSampler"),
+       "EDM's sampler without churn: Heun in the noise level sigma/alpha (Algorithm 1); "
+       "two calls per step.", ode=True, order="ODE 2", evals=2,
+       reference="Karras et al. 2022"),
+    _s("edm_sde", _lazy("._solvers", "EDMSampler", s_churn=40.0, s_tmin=0.05,
+                        s_tmax=50.0, s_noise=1.003),
+       "EDM's stochastic sampler (Algorithm 2) with its ImageNet-64 churn settings "
+       "(S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003).", sde=True,
+       order="SDE 0.5", evals=2, reference="Karras et al. 2022"),
+    _s("ancestral", _lazy("._solvers", "Ancestral"),
+       "Ancestral sampling: DDPM's step (VP-type SDEs) or SMLD's (VE); one call per "
+       "step.", sde=True, order="SDE 0.5", reference="Ho et al. 2020"),
+    # ---------------------------------------------------------------- predictors
+    SolverInfo("reverse_diffusion", diffrax.Euler,
+               "score_sde's reverse-diffusion predictor, which is one Euler–Maruyama "
+               "step of the reverse SDE (any SDE solver name is a predictor too).",
+               "predictor", sde=True, order="SDE 1.0"),
+    # ---------------------------------------------------------------- correctors
+    SolverInfo("langevin", _lazy("._solvers", "LangevinCorrector"),
+               "Langevin MCMC with the signal-to-noise step size (Song et al. 2021, "
+               "Algorithm 4); one call per corrector step.", "corrector"),
+    SolverInfo("none", lambda **kwargs: None,
+               "No corrector: predictor-only sampling.", "corrector"),
+    # ---------------------------------------------------------------- DDPM variances
+    SolverInfo("beta", lambda: "forward",
+               "sigma_n^2 = beta_n, the forward step's variance (Ho et al.'s "
+               "'fixedlarge').", "variance"),
+    SolverInfo("beta_tilde", lambda: "posterior",
+               "sigma_n^2 = (1 - alphabar_{n-1})/(1 - alphabar_n) beta_n, the "
+               "posterior variance (Ho et al.'s 'fixedsmall').", "variance"),
+    # ---------------------------------------------------------------- time grids
+    SolverInfo("uniform", _ref("._grids", "uniform_grid"),
+               "linspace(T, eps): uniform in t.", "grid"),
+    SolverInfo("logsnr", _ref("._grids", "logsnr_grid"),
+               "Uniform in lambda(t) = log(alpha/sigma) (DPM-Solver's choice).", "grid"),
+    SolverInfo("karras", _ref("._grids", "karras_grid"),
+               "Uniform in (sigma/alpha)^(1/rho), rho = 7 (EDM, Karras et al. 2022).",
+               "grid"),
 ]  # fmt: skip
 
 

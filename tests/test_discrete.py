@@ -50,7 +50,7 @@ def test_ddim_eta1_full_schedule_is_ddpm_beta_tilde():
     eps_model = lambda n, x: jnp.tanh(x) * (n + 1) / 50
     for key in jr.split(jr.key(0), 3):
         a = sg.ddpm_sample(key, eps_model, betas, (3,), variance="beta_tilde")
-        b = sg.ddim_sample(key, eps_model, jnp.cumprod(1 - betas), (3,), 50, eta=1.0)
+        b = sg.ddim_sample(key, eps_model, jnp.cumprod(1 - betas), (3,), num_steps=50, eta=1.0)
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
@@ -65,7 +65,7 @@ def test_ddim_deterministic_and_matches_sample_ode():
     abar = sg.vp_alphas_cumprod(sde, n_steps)
     z = jr.normal(jr.key(0), (64, 2))
     ddim = jax.jit(jax.vmap(lambda k, z: sg.ddim_sample(
-        k, eps_model, abar, (2,), n_steps, x_init=z)))  # fmt: skip
+        k, eps_model, abar, (2,), num_steps=n_steps, x_init=z)))  # fmt: skip
     x1 = ddim(jr.split(jr.key(1), 64), z)
     x2 = ddim(jr.split(jr.key(2), 64), z)
     np.testing.assert_array_equal(x1, x2)
@@ -84,7 +84,7 @@ def test_discrete_samplers_reproduce_mixture(sampler):
     eps_model = sg.vp_eps_model(iso_score(gmm, sde), sde, n)
     if sampler == "ddim_eta1":
         abar = sg.vp_alphas_cumprod(sde, n)
-        fn = lambda k: sg.ddim_sample(k, eps_model, abar, (2,), n, eta=1.0)
+        fn = lambda k: sg.ddim_sample(k, eps_model, abar, (2,), num_steps=n, eta=1.0)
     else:
         var = sampler.removeprefix("ddpm_")
         betas = sg.vp_betas(sde, n)
@@ -98,7 +98,7 @@ def test_trajectories():
     x, traj = sg.ddpm_sample(jr.key(0), eps_model, betas, (2,), return_trajectory=True)
     assert traj.shape == (21, 2)
     np.testing.assert_array_equal(traj[-1], x)
-    x, traj = sg.ddim_sample(jr.key(0), eps_model, jnp.cumprod(1 - betas), (2,), 5,
+    x, traj = sg.ddim_sample(jr.key(0), eps_model, jnp.cumprod(1 - betas), (2,), num_steps=5,
                              return_trajectory=True)  # fmt: skip
     assert traj.shape == (6, 2)
     np.testing.assert_array_equal(traj[-1], x)
@@ -111,7 +111,7 @@ def test_discrete_errors():
     key = jr.key(0)
     with pytest.raises(ValueError, match="`betas` must all lie in"):
         sg.ddpm_sample(key, m, jnp.array([0.1, 1.0]), (2,))
-    with pytest.raises(ValueError, match="Unknown `variance`"):
+    with pytest.raises(ValueError, match="Unknown variance 'large' for `variance`"):
         sg.ddpm_sample(key, m, betas, (2,), variance="large")
     with pytest.raises(ValueError, match="strictly decreasing"):
         sg.ddim_sample(key, m, abar[::-1], (2,))

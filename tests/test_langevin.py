@@ -78,7 +78,7 @@ def test_annealing_recovers_weights_plain_langevin_does_not():
 
     def run(sigmas, steps, lr):
         return jax.jit(jax.vmap(lambda k, x0: sg.annealed_langevin(
-            k, score, sigmas, (2,), steps, lr, x_init=x0)))(
+            k, score, sigmas, (2,), steps_per_level=steps, step_lr=lr, x_init=x0)))(
             jr.split(jr.key(2), 1000), x_init)  # fmt: skip
 
     frac_annealed = sg.metrics.component_fractions(gmm, run(sigmas, 100, 2.5e-4))
@@ -97,7 +97,7 @@ def test_annealed_langevin_reproduces_mixture():
     gmm = eight_gaussians()
     sigmas = sg.sigma_ladder(10, 0.01, 10.0)
     score = iso_nc(gmm)
-    x = batch(lambda k: sg.annealed_langevin(k, score, sigmas, (2,), 100, 1e-5,
+    x = batch(lambda k: sg.annealed_langevin(k, score, sigmas, (2,), steps_per_level=100, step_lr=1e-5,
                                              denoise=True))  # fmt: skip
     check_mixture(x, gmm)
 
@@ -106,11 +106,11 @@ def test_trajectory_and_denoise():
     gmm = two_modes()
     score = iso_nc(gmm)
     sigmas = jnp.array([2.0, 1.0, 0.5])
-    x, traj = sg.annealed_langevin(jr.key(0), score, sigmas, (2,), 4, 1e-2,
+    x, traj = sg.annealed_langevin(jr.key(0), score, sigmas, (2,), steps_per_level=4, step_lr=1e-2,
                                    return_trajectory=True)  # fmt: skip
-    assert traj.shape == (13, 2)
+    assert traj.shape == (4, 2)  # one state per level, x_init first
     np.testing.assert_array_equal(traj[-1], x)
-    xd = sg.annealed_langevin(jr.key(0), score, sigmas, (2,), 4, 1e-2, denoise=True)
+    xd = sg.annealed_langevin(jr.key(0), score, sigmas, (2,), steps_per_level=4, step_lr=1e-2, denoise=True)
     np.testing.assert_allclose(xd, x + 0.25 * score(0.5, x), rtol=1e-12)
 
 

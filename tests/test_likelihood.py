@@ -285,7 +285,7 @@ def test_stats_mapping_interface(getkey):
         np.testing.assert_array_equal(st[name], getattr(st, name))
     assert dict(st)["nfe"] is st.nfe
     assert st.num_probes == 0
-    assert st.result == diffrax.RESULTS.successful
+    assert st.result == sg.RESULTS.successful
     np.testing.assert_allclose(lp, st.prior_logp + st.delta_logp, rtol=0, atol=1e-12)
 
 

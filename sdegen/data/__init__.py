@@ -17,6 +17,11 @@ from ._images import (
     batches as batches,
     load_digits as load_digits,
 )
+from ._posterior import (
+    MixturePosterior as MixturePosterior,
+    MixturePosteriorScore as MixturePosteriorScore,
+    mixture_posterior as mixture_posterior,
+)
 from ._source import DatasetSource as DatasetSource
 from ._toy import (
     TOY_DATASETS as TOY_DATASETS,

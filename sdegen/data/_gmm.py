@@ -18,7 +18,7 @@ import jax.scipy as jsp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import as_float_array
+from .._checks import as_float_array, check_time
 from .._custom_types import KeyArray, RealScalarLike, Scalar
 from .._misc import is_concrete
 from .._sde import AbstractSDE
@@ -179,7 +179,7 @@ def _components(means, covs, weights, x):
     return logpdf + jnp.log(weights), m
 
 
-def _mixture_score(means, covs, weights, x):
+def mixture_score(means, covs, weights, x):
     r"""$\nabla\log\sum_k w_k\mathcal{N}(x;\mu_k,\Sigma_k) =
     -\sum_k r_k(x)\,\Sigma_k^{-1}(x-\mu_k)$, with responsibilities $r_k(x)$."""
     logp, m = _components(means, covs, weights, x)
@@ -199,10 +199,11 @@ class GaussianMixtureScore(eqx.Module):
         if self.sde is None:
             means, covs = m.means, m.covs
         else:
-            a, s = self.sde.alpha(t), self.sde.sigma(t)
+            t = check_time(self.sde, t)
+            a, s = self.sde._alpha(t), self.sde._sigma(t)
             eye = jnp.eye(m.dim, dtype=m.covs.dtype)
             means, covs = a * m.means, a**2 * m.covs + s**2 * eye[None]
-        out = _mixture_score(means, covs, m.weights, x.astype(means.dtype))
+        out = mixture_score(means, covs, m.weights, x.astype(means.dtype))
         return out.astype(jnp.result_type(x, out))
 
 
@@ -219,7 +220,7 @@ class NoiseConditionalScore(eqx.Module):
         x = m._check_x(x)
         eye = jnp.eye(m.dim, dtype=m.covs.dtype)
         covs = m.covs + jnp.asarray(sigma, m.covs.dtype) ** 2 * eye[None]
-        return _mixture_score(m.means, covs, m.weights, x.astype(m.means.dtype)).astype(
+        return mixture_score(m.means, covs, m.weights, x.astype(m.means.dtype)).astype(
             jnp.result_type(x, m.means)
         )
 

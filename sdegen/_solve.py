@@ -1,0 +1,149 @@
+r"""The reverse process as one engine call: build the terms (the probability-flow ODE,
+or the reverse SDE with its Brownian path) for a solver, run the fixed-step or adaptive
+engine of `_integrate.py`, and turn a failed solve into a clear error.
+
+Every sampler entry point (`sample_sde`, `sample_ode`, `pc_sample`, `ddim_sample`,
+`ddpm_sample`, `annealed_langevin`, `inpaint`, ...) is a thin layer over
+[`solve_reverse`][]: it resolves names, builds the grid and the starting point, and
+calls it; so grids, noise, checks, statistics and jit/vmap invariance are the same for
+all of them.
+
+Time conventions: the probability-flow ODE is integrated in the SDE's own time $t$,
+downwards; the reverse SDE in $u = -t$, upwards (diffrax's stochastic Runge–Kutta
+methods need increasing time, and $t = -u$ is exact in floating point). Noise for step
+$i$ comes from `fold_in(key, i)` ([`sdegen.GridBrownianPath`][]) for fixed steps, and
+from a `diffrax.VirtualBrownianTree` for adaptive ones.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+
+from ._brownian import GridBrownianPath
+from ._checks import raise_nonfinite
+from ._integrate import (
+    RESULTS,
+    SolveStats,
+    adaptive_solve,
+    fixed_solve,
+    levy_area_for,
+    rms_norm,
+)
+from ._misc import shape_dtype
+from ._sde import AbstractSDE
+from ._solvers import on_grid
+from ._terms import probability_flow_term, reverse_terms
+
+
+def _negate(u):
+    return -u
+
+
+def _identity(u):
+    return u
+
+
+def _terms(sde, score, x, solver, stochastic, grid_u, key, tree_tol, t_span):
+    if not stochastic:
+        return probability_flow_term(sde, score), _identity
+    shape = shape_dtype(x)
+    levy = levy_area_for(solver)
+    if grid_u is not None:
+        path = GridBrownianPath(grid_u, shape, key, levy)
+    else:
+        path = diffrax.VirtualBrownianTree(t_span[0], t_span[1], tol=tree_tol,
+                                           shape=shape, key=key, levy_area=levy)  # fmt: skip
+    return reverse_terms(sde, score, path, reversed_time="-u"), _negate
+
+
+@eqx.filter_jit
+def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save):
+    grid = -ts if stochastic else ts
+    terms, time_of = _terms(sde, score, x_init, solver, stochastic, grid, key, None, None)
+    solver = on_grid(solver, ts.shape[0] - 1)
+    return fixed_solve(terms, solver, grid, x_init, args=args, save_trajectory=save,
+                       time_of=time_of)  # fmt: skip
+
+
+@eqx.filter_jit
+def _adaptive(key, sde, score, x_init, t0, t1, solver, stochastic, args, rtol, atol,
+              dt0, save_ts, max_steps, adjoint, norm, tree_tol):  # fmt: skip
+    if stochastic:
+        span = (-t0, -t1)
+        terms, time_of = _terms(sde, score, x_init, solver, True, None, key, tree_tol,
+                                span)  # fmt: skip
+        save = None if save_ts is None else -save_ts
+        dt = None if dt0 is None else jnp.abs(dt0)
+    else:
+        span = (t0, t1)
+        terms, time_of = _terms(sde, score, x_init, solver, False, None, key, None, None)
+        save, dt = save_ts, None if dt0 is None else -jnp.abs(dt0)
+    return adaptive_solve(terms, solver, span[0], span[1], x_init, rtol=rtol, atol=atol,
+                          dt0=dt, args=args, save_ts=save, max_steps=max_steps,
+                          adjoint=adjoint, norm=norm, time_of=time_of)  # fmt: skip
+
+
+def solve_reverse(
+    key: Any,
+    sde: AbstractSDE,
+    score: Callable,
+    x_init: Any,
+    solver: diffrax.AbstractSolver,
+    *,
+    stochastic: bool,
+    ts: Any = None,
+    t_span: tuple[Any, Any] | None = None,
+    rtol: Any = None,
+    atol: Any = None,
+    dt0: Any = None,
+    save_ts: Any = None,
+    args: Any = None,
+    save: bool = False,
+    max_steps: int = 16**4,
+    adjoint: Any = None,
+    norm: Callable = rms_norm,
+    tree_tol: Any = None,
+) -> tuple[Any, Any, SolveStats]:
+    r"""Run `solver` on the reverse process from `x_init`: on the fixed decreasing grid
+    `ts` (in the SDE's time), or adaptively from `t_span[0]` down to `t_span[1]` with
+    `rtol`/`atol` (saving at `save_ts`). `stochastic` selects the reverse SDE (with a
+    Brownian path from `key`) over the probability-flow ODE.
+
+    **Returns:** `(x, trajectory_or_None, stats)`.
+    """
+    if ts is not None:
+        return _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save)
+    t0, t1 = (jnp.asarray(v, x_init.dtype) for v in t_span)
+    rtol, atol = jnp.asarray(rtol, x_init.dtype), jnp.asarray(atol, x_init.dtype)
+    return _adaptive(key, sde, score, x_init, t0, t1, solver, stochastic, args, rtol,
+                     atol, dt0, save_ts, max_steps, adjoint, norm, tree_tol)  # fmt: skip
+
+
+def finish(x: Any, stats: SolveStats, where: str, throw: bool) -> Any:
+    """`x`, with an error naming `where` and the time if the solve became non-finite
+    (when `throw`); other failures (e.g. the maximum number of steps) raise diffrax's
+    message."""
+    if not throw:
+        return x
+    x = raise_nonfinite(x, stats.result == RESULTS.nonfinite_state, stats.t_failed, where)
+    failed = (stats.result != RESULTS.successful) & (
+        stats.result != RESULTS.nonfinite_state
+    )
+    return eqx.error_if(
+        x, failed, f"{where}: the adaptive solve failed: the maximum number of solver "
+        "steps was reached. Increase `max_steps`, loosen rtol/atol, or pass "
+        "throw=False and read stats.result."
+    )
+
+
+def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None) -> Any:
+    r"""Tweedie's denoiser $\mathbb{E}[x_0 \mid x_t] = (x_t + \sigma(t)^2\nabla\log
+    p_t(x_t)) / \alpha(t)$."""
+    from ._terms import ScoreDrift
+
+    drift = ScoreDrift(sde, score, 1.0)
+    t = jnp.asarray(t, x.dtype)
+    return drift.denoise(t, x, args)
