@@ -13,6 +13,7 @@ after the flags are parsed and checked.
     sdegen likelihood  bits/dim of held-out data through the probability-flow ODE
     sdegen export      write a run's EMA model to one portable file (sg.load_model)
     sdegen solvers     the table of solver names
+    sdegen advise      measure every sampler on a run's model; recommend the cheapest
 
 Every error is one line, `sdegen COMMAND: error: ...`, naming the flag at fault, and
 the exit status is 2.
@@ -49,6 +50,7 @@ COMMANDS = {
     "likelihood": ("_likelihood_cmd", "cmd_likelihood"),
     "export": ("_export_cmd", "cmd_export"),
     "solvers": ("_export_cmd", "cmd_solvers"),
+    "advise": ("_advise_cmd", "cmd_advise"),
 }
 
 GUIDANCE_HELP = (
@@ -331,6 +333,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="export the raw weights")
 
     sub.add_parser("solvers", help="print the table of solver names")
+
+    p = sub.add_parser("advise", help="which sampler to use: measure them on a run",
+                       description="Sample with every solver by name at several "
+                                   "budgets of score evaluations (NFE), measure the "
+                                   "Fréchet distance to held-out data over its "
+                                   "data-vs-data floor, and recommend the cheapest "
+                                   "solver that reaches --target; writes advise.json "
+                                   "and advise.md in the run folder.")  # fmt: skip
+    _add_out(p, run=True)
+    p.add_argument("--solvers", nargs="+", default=None, metavar="NAME",
+                   help="solver names (default: every fixed-step sampler)")
+    p.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 35, 50, 100],
+                   help="budgets of score evaluations (default 5 10 20 35 50 100)")
+    p.add_argument("--num-samples", type=positive_int, default=500,
+                   help="samples per measurement (default 500)")
+    p.add_argument("--target", type=positive_float, default=1.2,
+                   help="the Fréchet distance / floor to reach (default 1.2)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    _add_progress(p)
     return parser
 
 

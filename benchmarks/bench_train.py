@@ -178,33 +178,42 @@ def bench_step(batch_size, calls, rounds):
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import jax.random as jr
 import sdegen as sg
+
+
+def status(field):  # kB -> MiB, from /proc (per process image, unlike ru_maxrss)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+
 mode, path, size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 sde = sg.VPSDE()
-d = size * size
-model = sg.nn.NoiseParam(sg.nn.MLP(d, 128, 2, key=jr.key(0)), sde)
+model = sg.nn.NoiseParam(sg.nn.MLP(size * size, 128, 2, key=jr.key(0)), sde)
 loss = lambda m, b, k: sg.dsm_loss(m, sde, b, k)
 cfg = sg.TrainConfig(num_steps=steps, batch_size=128, log_every=steps, ckpt_every=None)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to now
+    f.write("5")
+t0 = time.perf_counter()
 if mode == "stream":
     import datasets
     data = sg.data.DatasetSource(datasets.load_from_disk(path), "x")
 else:
     data = np.load(path)
-t0 = time.perf_counter()
 sg.train(model, loss, data, cfg, progress=False, ema_loss=False)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_mib": peak / 1024, "before_mib": before / 1024,
+print(json.dumps({"before_mib": before, "peak_mib": status("VmHWM"),
                   "train_s": time.perf_counter() - t0}))
 """
 
 
 def _dataset_files(tmp, factor, size):
-    """Digits repeated `factor` times (each copy shifted by noise), upsampled to
-    `size` x `size`, saved as a datasets folder and as a float64 .npy."""
+    """Digits repeated `factor` times (each copy perturbed by noise), upsampled to
+    `size` x `size`, saved as a datasets folder (float32) and as a float64 .npy (what
+    stacking a data set gives)."""
     import datasets
 
     x, _ = sg.data.load_digits(dtype=np.float64)
@@ -239,7 +248,8 @@ def bench_memory(steps, factor=10, sizes=(8, 32)):
                      str(steps)], capture_output=True, text=True, check=True)  # fmt: skip
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append((f"{n} x {size}x{size} ({nbytes / 2**20:.0f} MiB as "
-                             "float64)", mode, r["before_mib"], r["peak_mib"]))  # fmt: skip
+                             "float64)", mode, r["before_mib"], r["peak_mib"],
+                             r["train_s"]))  # fmt: skip
     return rows
 
 
@@ -276,10 +286,12 @@ def main(argv=None):
         rows = bench_memory(args.memory_steps)
         print(f"\nPeak resident memory of sdegen.train ({args.memory_steps} steps of "
               "batch 128), fresh process each\n")
-        print("| data | source | RSS before data (MiB) | peak RSS (MiB) |")
-        print("| --- | --- | --- | --- |")
-        for name, mode, before, peak in rows:
-            print(f"| {name} | {mode} | {before:.0f} | {peak:.0f} |")
+        print("| data | source | RSS before (MiB) | peak RSS (MiB) | growth (MiB) | "
+              "time (s) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name, mode, before, peak, secs in rows:
+            print(f"| {name} | {mode} | {before:.0f} | {peak:.0f} | {peak - before:.0f} "
+                  f"| {secs:.1f} |")
         out["memory"] = rows
     return out
 

@@ -3,6 +3,12 @@
 import importlib.metadata
 
 from . import data as data, metrics as metrics, nn as nn
+from ._advise import (
+    ADVISE_GRIDS as ADVISE_GRIDS,
+    DEFAULT_SOLVERS as DEFAULT_SOLVERS,
+    Advice as Advice,
+    advise as advise,
+)
 from ._bpd import bits_per_dim as bits_per_dim, dequantize as dequantize
 from ._brownian import GridBrownianPath as GridBrownianPath
 from ._checkpoint import (
@@ -12,6 +18,11 @@ from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     remove_stray_temp_files as remove_stray_temp_files,
     save_checkpoint as save_checkpoint,
+)
+from ._chunked import (
+    log_likelihood_many as log_likelihood_many,
+    map_in_chunks as map_in_chunks,
+    sample_many as sample_many,
 )
 from ._classifier import (
     TimeClassifier as TimeClassifier,
@@ -30,12 +41,9 @@ from ._distributed import (
     distributed_initialize as distributed_initialize,
     is_main_process as is_main_process,
     load_checkpoint_replicated as load_checkpoint_replicated,
-    log_likelihood_many as log_likelihood_many,
     make_mesh as make_mesh,
-    map_in_chunks as map_in_chunks,
     replicate as replicate,
     replicated_sharding as replicated_sharding,
-    sample_many as sample_many,
     save_checkpoint_main as save_checkpoint_main,
     shard_batch as shard_batch,
     sharded_step as sharded_step,
@@ -57,6 +65,7 @@ from ._export import (
     sde_from_dict as sde_from_dict,
     sde_to_dict as sde_to_dict,
 )
+from ._flow import decode as decode, encode as encode
 from ._grids import time_grid as time_grid
 from ._guidance import (
     Chain as Chain,
@@ -122,9 +131,9 @@ from ._optim import (
 from ._pc import pc_sample as pc_sample
 from ._projections import decoupling_matrix as decoupling_matrix
 from ._sample import (
-    decode as decode,
-    encode as encode,
+    BatchedScore as BatchedScore,
     sample_ode as sample_ode,
+    sample_ode_batch as sample_ode_batch,
     sample_sde as sample_sde,
 )
 from ._schedules import (

@@ -166,6 +166,18 @@ def check_x(x: Any, shape: tuple[int, ...] | None, name: str) -> jax.Array:
     return error_if_not_finite(x, name)
 
 
+def check_x_deferred(x: Any, shape: tuple[int, ...] | None, name: str) -> tuple[Any, Any]:
+    """As [`check_x`][], but for a traced `x` the finiteness check is returned as a
+    flag (to fold into the one error check of the solve, see `raise_failure`) instead
+    of being staged on its own."""
+    x = as_float_array(x, name)
+    if shape is not None:
+        check_shape(name, x, shape)
+    if is_concrete(x):
+        return error_if_not_finite(x, name), False
+    return x, ~jnp.all(jnp.isfinite(x))
+
+
 def check_output(out: Any, like: Any, name: str, call: str = "(t, x)") -> jax.Array:
     """The output of a user callable (score, model, ...) must be an array of the shape
     of its input state; checked at trace time, so a scalar or a batched output is
@@ -245,12 +257,19 @@ _HIGH_DECADE = 5
 
 
 @functools.lru_cache(maxsize=256)
-def _nonfinite_messages(where: str) -> tuple[str, ...]:
+def _failure_messages(where: str, input_name: str) -> tuple[str, ...]:
+    """Message 0: a non-finite input; 1: the step limit; then one per time bucket."""
     n = (_HIGH_DECADE - _LOW_DECADE) * _BUCKETS_PER_DECADE
     times = ["0"] + [
         f"{10 ** (_LOW_DECADE + k / _BUCKETS_PER_DECADE):.3g}" for k in range(n + 1)
     ]
-    return tuple(
+    head = (
+        f"{where}: `{input_name}` contains non-finite values (NaN or inf).",
+        f"{where}: the adaptive solve failed: the maximum number of solver steps was "
+        "reached. Increase `max_steps`, loosen rtol/atol, or pass throw=False and read "
+        "stats.result.",
+    )
+    return head + tuple(
         f"{where}: the state became non-finite (NaN or inf) at t ≈ {t}: the score or "
         "model returned NaN or inf there (or the step size is too large for it). Pass "
         "throw=False to get the result and read its stats instead."
@@ -266,15 +285,21 @@ def _time_bucket(t: jax.Array) -> jax.Array:
     return jnp.where(t < 10.0**_LOW_DECADE, 0, k)
 
 
-def raise_nonfinite(y: Any, failed: Any, t: Any, where: str) -> Any:
-    """Return `y`, raising an error that says non-finite and names `where` (the
-    sampler) and the time `t` (to three digits) if `failed`. Eager calls raise at once;
-    under `jit`/`vmap` the check is staged with `eqx.branched_error_if`."""
-    failed = jnp.asarray(failed)
-    index = jnp.where(failed, _time_bucket(jnp.where(failed, t, 0.0)), 0)
-    return eqx.branched_error_if(
-        y, jnp.any(failed), jnp.max(index), _nonfinite_messages(where)
-    )
+def raise_failure(y: Any, *, nonfinite: Any, t: Any, step_limit: Any = False,
+                  bad_input: Any = False, where: str,
+                  input_name: str = "x") -> Any:  # fmt: skip
+    """Return `y`, raising ONE error (one staged check under `jit`/`vmap`, an
+    immediate one when eager) if the input was non-finite, the solve became
+    non-finite — the message says non-finite and names `where` (the sampler) and the
+    time `t` to three digits — or it hit the step limit."""
+    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in
+                                        (nonfinite, step_limit, bad_input))  # fmt: skip
+    bucket = 2 + _time_bucket(jnp.where(nonfinite, t, 0.0))
+    index = jnp.where(bad_input, 0, jnp.where(nonfinite, bucket, 1))
+    failed = bad_input | nonfinite | step_limit
+    index = jnp.max(jnp.where(failed, index, 0))
+    return eqx.branched_error_if(y, jnp.any(failed), index,
+                                 _failure_messages(where, input_name))  # fmt: skip
 
 
 def describe(fn_name: str, solver: Any) -> str:

@@ -31,10 +31,9 @@ from ._checks import (
 )
 from ._custom_types import Data, DataLike, KeyArray, RealScalarLike
 from ._misc import is_concrete
-from ._sample import outputs, start
 from ._sde import AbstractSDE
 from ._sde_custom import bisect_decreasing
-from ._solve import finish, solve_reverse
+from ._solve import finish, outputs, solve_reverse, start
 from ._solver_table import lookup
 from ._solvers import DDIM, Ancestral
 
@@ -151,12 +150,12 @@ def _run(key, eps_model, abar, shape, steps, solver, stochastic, x_init, args,
     check_callable("eps_model", eps_model, "eps_model(n, x) -> Array")
     shape = check_shape_arg("shape", shape)
     sde = DiscreteVPSDE(abar)
-    x_init, k_noise = start(key, sde, shape, x_init)
+    x_init, k_noise, bad = start(key, sde, shape, x_init)
     ts = jnp.concatenate([jnp.asarray(steps, x_init.dtype) + 1, jnp.zeros((1,), x_init.dtype)])
     x, traj, stats = solve_reverse(k_noise, sde, EpsScore(eps_model, sde), x_init, solver,
                                    stochastic=stochastic, ts=ts, args=args,
                                    save=return_trajectory)  # fmt: skip
-    x = finish(x, stats, where, throw)
+    x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     return outputs(x, traj, stats, return_trajectory, return_stats)
 
 

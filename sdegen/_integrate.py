@@ -21,6 +21,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -271,7 +272,9 @@ def adaptive_solve(
     failed = sol.result != diffrax.RESULTS.successful
     # Where did it stall? If the vector field is non-finite there or just ahead (where
     # the rejected steps' stages were), say so.
-    vf_bad = lax.cond(failed, lambda: _nonfinite_ahead(terms, t0, t1, t_end, y1, args),
+    # (`unvmap_any`: under vmap the branch runs only if some sample failed.)
+    vf_bad = lax.cond(eqxi.unvmap_any(failed),
+                      lambda: _nonfinite_ahead(terms, t0, t1, t_end, y1, args),
                       lambda: jnp.asarray(False))  # fmt: skip
     nonfinite = failed & (vf_bad | ~_all_finite(y1))
     result = RESULTS.where(nonfinite, RESULTS.nonfinite_state, RESULTS.promote(sol.result))

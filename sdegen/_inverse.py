@@ -56,9 +56,8 @@ from ._projections import (
     check_obs,
     decoupling_matrix,
 )
-from ._sample import outputs, start
 from ._sde import AbstractSDE
-from ._solve import finish, solve_reverse, tweedie
+from ._solve import finish, outputs, solve_reverse, start, tweedie
 from ._solvers import LangevinCorrector, PredictorCorrector, Projected
 
 
@@ -82,12 +81,12 @@ def _projected(key, sde, score, shape, project, *, solver, num_steps, eps, grid,
         step = PredictorCorrector(predictor, LangevinCorrector(snr, corrector_steps))
         if project is not None:
             step = Projected(step, project, STREAM_PROJECT + 1)
-    x_init, k_noise = start(key, sde, shape, x_init)
+    x_init, k_noise, bad = start(key, sde, shape, x_init)
     grid_ts = resolve_grid(sde, num_steps=num_steps, grid=grid, ts=ts, eps=eps,
                            dtype=x_init.dtype)  # fmt: skip
     x, _, stats = solve_reverse(k_noise, sde, score, x_init, step, stochastic=True,
                                 ts=grid_ts, args=args)  # fmt: skip
-    x = finish(x, stats, where, throw)
+    x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     if denoise:
         x = tweedie(sde, score, grid_ts[-1], x, args)
     if project is not None:

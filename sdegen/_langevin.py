@@ -26,14 +26,13 @@ from ._checks import (
     check_int,
     check_positive,
     check_shape_arg,
-    check_x,
+    check_x_deferred,
     concrete_float,
 )
 from ._custom_types import DataLike, KeyArray, RealScalarLike
 from ._misc import default_float, is_concrete
-from ._sample import outputs
 from ._sde import EDMSDE
-from ._solve import finish, solve_reverse, tweedie
+from ._solve import finish, outputs, solve_reverse, tweedie
 from ._solvers import AnnealedLangevinCorrector, PredictorCorrector
 
 
@@ -189,16 +188,17 @@ def annealed_langevin(
     ts = jnp.concatenate([above[None], sigmas])
     sde = EDMSDE(T=above)
     k_prior, k_noise = jr.split(key)
+    bad = False
     if x_init is None:
         x_init = sigmas[0] * jr.normal(k_prior, shape, dtype)
     else:
-        x_init = check_x(x_init, shape, "x_init")
+        x_init, bad = check_x_deferred(x_init, shape, "x_init")
     corrector = AnnealedLangevinCorrector(step_lr, sigmas[-1], steps_per_level)
     solver = PredictorCorrector(None, corrector)
     x, traj, stats = solve_reverse(k_noise, sde, score_sigma, x_init, solver,
                                    stochastic=True, ts=ts, args=args,
                                    save=return_trajectory)  # fmt: skip
-    x = finish(x, stats, "annealed_langevin", throw)
+    x = finish(x, stats, "annealed_langevin", throw, bad_input=bad, input_name="x_init")
     if denoise:
         x = tweedie(sde, score_sigma, sigmas[-1], x, args)
     return outputs(x, traj, stats, return_trajectory, return_stats)

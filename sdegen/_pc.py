@@ -20,9 +20,8 @@ from ._checks import (
 )
 from ._custom_types import DataLike, KeyArray, RealScalarLike
 from ._grids import resolve_grid
-from ._sample import outputs, start
 from ._sde import AbstractSDE
-from ._solve import finish, solve_reverse, tweedie
+from ._solve import finish, outputs, solve_reverse, start, tweedie
 from ._solver_table import SOLVERS, _normalise, known, lookup
 from ._solvers import AbstractCorrector, LangevinCorrector, PredictorCorrector
 
@@ -140,12 +139,12 @@ def pc_sample(
         )
     solver = pred if corr is None else PredictorCorrector(pred, corr)
     where = describe("pc_sample", predictor if isinstance(predictor, str) else solver)
-    x_init, k_noise = start(key, sde, shape, x_init)
+    x_init, k_noise, bad = start(key, sde, shape, x_init)
     grid_ts = resolve_grid(sde, num_steps=num_steps, grid=grid, ts=ts, eps=eps,
                            dtype=x_init.dtype)  # fmt: skip
     x, traj, stats = solve_reverse(k_noise, sde, score, x_init, solver, stochastic=True,
                                    ts=grid_ts, args=args, save=return_trajectory)  # fmt: skip
-    x = finish(x, stats, where, throw)
+    x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     if denoise:
         x = tweedie(sde, score, grid_ts[-1], x, args)
     return outputs(x, traj, stats, return_trajectory, return_stats)

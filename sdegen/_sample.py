@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import diffrax
+import equinox as eqx
+import jax
 import jax.numpy as jnp
-import jax.random as jr
+from jaxtyping import Array, Shaped
 
 from ._checks import (
     check_eps,
@@ -22,40 +24,16 @@ from ._checks import (
     check_sde,
     check_shape_arg,
     check_tols,
-    check_x,
+    check_x_deferred,
     describe,
 )
 from ._custom_types import DataLike, KeyArray, RealScalarLike
+from ._flow import solve_flow
 from ._grids import resolve_grid
-from ._integrate import SolveStats
+from ._integrate import per_sample_rms_norm
 from ._sde import AbstractSDE
-from ._solve import finish, solve_reverse, tweedie
+from ._solve import finish, is_adaptive, outputs, solve_reverse, start, tweedie
 from ._solver_table import solver as get_solver
-
-
-def is_adaptive(solver: diffrax.AbstractSolver) -> bool:
-    """Whether a solver has an embedded error estimate (for a PID controller)."""
-    if isinstance(solver, diffrax.AbstractSRK):
-        return solver.tableau.b_error is not None
-    return isinstance(solver, diffrax.AbstractAdaptiveSolver)
-
-
-def outputs(x: Any, traj: Any, stats: SolveStats, return_trajectory: bool,
-            return_stats: bool) -> Any:  # fmt: skip
-    """`x`, `(x, trajectory)`, `(x, stats)` or `(x, trajectory, stats)`."""
-    out = (x,) + ((traj,) if return_trajectory else ()) + (
-        (stats,) if return_stats else ()
-    )
-    return out[0] if len(out) == 1 else out
-
-
-def start(key: KeyArray, sde: AbstractSDE, shape: Any, x_init: Any) -> tuple[Any, Any]:
-    """`(x_init, noise_key)`: the prior draw from `split(key)[0]` unless `x_init` is
-    given (then checked: shape and finite), and the key of the noise."""
-    k_prior, k_noise = jr.split(key)
-    if x_init is None:
-        return sde.prior_sample(k_prior, shape), k_noise
-    return check_x(x_init, shape, "x_init"), k_noise
 
 
 # ---------------------------------------------------------------- SDE sampling
@@ -137,7 +115,7 @@ def sample_sde(
     num_steps = check_int("num_steps", num_steps)
     where = describe("sample_sde", solver)
     solver = get_solver(solver, kind="sde")
-    x_init, k_noise = start(key, sde, shape, x_init)
+    x_init, k_noise, bad = start(key, sde, shape, x_init)
     if ts is None:
         check_eps(sde, eps)
     adaptive = rtol is not None or atol is not None
@@ -173,134 +151,80 @@ def sample_sde(
             t_span=(sde.T, t_end), rtol=rtol, atol=atol, dt0=dt0, save_ts=save_ts,
             args=args, max_steps=max_steps, tree_tol=tol,
         )  # fmt: skip
-    x = finish(x, stats, where, throw)
+    x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     if denoise:
         x = tweedie(sde, score, t_end, x, args)
     return outputs(x, traj, stats, return_trajectory, return_stats)
 
 
-# ---------------------------------------------------------------- ODE map
+class BatchedScore(eqx.Module):
+    """A score of one example applied to a batch `(B, *shape)` at one time (`jax.vmap`
+    over the leading axis); diffrax `args` are shared by the batch."""
+
+    score: Callable
+
+    def __call__(self, t, xs, *args, **kwargs):
+        return jax.vmap(lambda x: self.score(t, x, *args, **kwargs))(xs)
 
 
-def _ode(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_steps, grid, ts,
-         args, save, max_steps, adjoint):  # fmt: skip
-    """The probability-flow ODE from T down to eps (`forward=False`) or from eps up to
-    T: fixed steps for `num_steps`/`ts` with a solver without error estimate, else
-    adaptive."""
+def sample_ode_batch(
+    keys: Shaped[Array, "batch ..."],
+    sde: AbstractSDE,
+    score: Callable,
+    shape: tuple[int, ...],
+    solver: str | diffrax.AbstractSolver = "tsit5",
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: RealScalarLike = 1e-3,
+    x_init: Any = None,
+    args: Any = None,
+    max_steps: int = 16**4,
+    denoise: bool = False,
+    return_stats: bool = False,
+    throw: bool = True,
+) -> Any:
+    r"""A batch of probability-flow ODE samples in ONE adaptive solve with shared steps
+    (the throughput mode): the score is evaluated on the whole batch at once, and the
+    error norm is the largest of the samples' own RMS norms, so every sample meets
+    `rtol`/`atol` as it would in its own solve; the steps follow the hardest sample.
+
+    `jax.vmap` of [`sdegen.sample_ode`][] instead gives every sample its own steps (a
+    result independent of the batch); under `vmap` the loop still runs until the
+    slowest sample is done, so the two cost about the same number of steps, and this
+    mode saves the per-sample bookkeeping.
+
+    **Arguments:** as [`sdegen.sample_ode`][], with `keys` a batch of keys (the prior
+    draw of sample $i$ is `split(keys[i])[0]`, as in `sample_ode`) and `x_init` a batch
+    `(B, *shape)`.
+
+    **Returns:** the samples `(B, *shape)` (and the shared solve's statistics).
+    """
+    check_sde(sde)
+    check_score(score)
+    shape = check_shape_arg("shape", shape)
+    where = describe("sample_ode_batch", solver)
     solver = get_solver(solver, kind="ode")
-    adaptive = is_adaptive(solver) and num_steps is None
-    if ts is not None:
-        ts = check_grid(sde, ts, decreasing=not forward, name="ts")
-    else:
-        check_eps(sde, eps)
-    if not adaptive:
-        if ts is None:
-            if num_steps is None:
-                raise ValueError(
-                    f"`solver` {where} has no error estimate; give `num_steps` (or `ts`) "
-                    "for fixed steps, or choose an adaptive solver such as 'tsit5'."
-                )
-            num_steps = check_int("num_steps", num_steps)
-            ts = resolve_grid(sde, num_steps=num_steps, grid=grid, ts=None, eps=eps,
-                              dtype=y0.dtype)  # fmt: skip
-            if forward:
-                ts = ts[::-1]
-        x, traj, stats = solve_reverse(None, sde, score, y0, solver, stochastic=False,
-                                       ts=ts.astype(y0.dtype), args=args, save=save)  # fmt: skip
-        return x, traj, stats, ts[-1]
+    if not is_adaptive(solver):
+        raise ValueError(
+            f"`solver` {where} has no error estimate; sample_ode_batch is adaptive (use "
+            "e.g. 'tsit5'), or vmap sample_ode for fixed steps."
+        )
     check_tols(rtol, atol)
-    t_lo = eps if ts is None else (ts[0] if forward else ts[-1])
-    span = (t_lo, sde.T) if forward else (sde.T, t_lo)
-    save_ts = ts
-    if save and save_ts is None:
-        save_ts = jnp.linspace(span[0], span[1], 101, dtype=y0.dtype)
-    x, traj, stats = solve_reverse(None, sde, score, y0, solver, stochastic=False,
-                                   t_span=span, rtol=rtol, atol=atol, save_ts=save_ts,
-                                   args=args, max_steps=max_steps, adjoint=adjoint)  # fmt: skip
-    return x, traj, stats, jnp.asarray(span[1], y0.dtype)
-
-
-def encode(
-    sde: AbstractSDE,
-    score: Callable,
-    x0: DataLike,
-    solver: str | diffrax.AbstractSolver = "tsit5",
-    *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    eps: RealScalarLike = 1e-3,
-    num_steps: int | None = None,
-    grid: str = "uniform",
-    ts: Any = None,
-    args: Any = None,
-    max_steps: int = 16**4,
-    adjoint: diffrax.AbstractAdjoint | None = None,
-    return_trajectory: bool = False,
-    return_stats: bool = False,
-    throw: bool = True,
-) -> Any:
-    r"""Map data to its latent code $z = x(T)$ by solving the probability-flow ODE
-    $\dot x = f(t)x - \tfrac12 g(t)^2 s(t, x)$ forwards from $x(\varepsilon) = x_0$.
-    The inverse of [`sdegen.decode`][] up to solver tolerance.
-
-    **Arguments:** as [`sdegen.sample_ode`][]; `x0` is one example; `num_steps` (or a
-    strictly increasing grid `ts`) selects fixed steps (the grid of `grid`, reversed),
-    otherwise the solve is adaptive with `rtol`/`atol`; `adjoint` is passed to
-    `diffrax.diffeqsolve` for gradients.
-
-    **Returns:** the latent $z$ (shape of `x0`), then the trajectory and statistics if
-    asked for.
-    """
-    check_sde(sde)
-    check_score(score)
-    x0 = check_x(x0, None, "x0")
-    where = describe("encode", solver)
-    x, traj, stats, _ = _ode(where, sde, score, x0, solver=solver, forward=True,
-                             rtol=rtol, atol=atol, eps=eps, num_steps=num_steps,
-                             grid=grid, ts=ts, args=args, save=return_trajectory,
-                             max_steps=max_steps, adjoint=adjoint)  # fmt: skip
-    x = finish(x, stats, where, throw)
-    return outputs(x, traj, stats, return_trajectory, return_stats)
-
-
-def decode(
-    sde: AbstractSDE,
-    score: Callable,
-    z: DataLike,
-    solver: str | diffrax.AbstractSolver = "tsit5",
-    *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    eps: RealScalarLike = 1e-3,
-    num_steps: int | None = None,
-    grid: str = "uniform",
-    ts: Any = None,
-    args: Any = None,
-    max_steps: int = 16**4,
-    adjoint: diffrax.AbstractAdjoint | None = None,
-    return_trajectory: bool = False,
-    return_stats: bool = False,
-    throw: bool = True,
-) -> Any:
-    r"""Map a latent $z = x(T)$ back to data by solving the probability-flow ODE
-    backwards from $T$ to $\varepsilon$. The inverse of [`sdegen.encode`][].
-
-    **Arguments:** as [`sdegen.sample_ode`][], with the latent `z` in place of a key and
-    a shape.
-
-    **Returns:** $x(\varepsilon)$ (shape of `z`), then the trajectory and statistics if
-    asked for.
-    """
-    check_sde(sde)
-    check_score(score)
-    z = check_x(z, None, "z")
-    where = describe("decode", solver)
-    x, traj, stats, _ = _ode(where, sde, score, z, solver=solver, forward=False,
-                             rtol=rtol, atol=atol, eps=eps, num_steps=num_steps,
-                             grid=grid, ts=ts, args=args, save=return_trajectory,
-                             max_steps=max_steps, adjoint=adjoint)  # fmt: skip
-    x = finish(x, stats, where, throw)
-    return outputs(x, traj, stats, return_trajectory, return_stats)
+    check_eps(sde, eps)
+    keys = jnp.asarray(keys)
+    if x_init is None:
+        x_init, bad = jax.vmap(lambda k: start(k, sde, shape, None)[0])(keys), False
+    else:
+        x_init, bad = check_x_deferred(x_init, (keys.shape[0], *shape), "x_init")
+    batched = BatchedScore(score)
+    x, _, stats = solve_reverse(None, sde, batched, x_init, solver, stochastic=False,
+                                t_span=(sde.T, eps), rtol=rtol, atol=atol, args=args,
+                                max_steps=max_steps, norm=per_sample_rms_norm)  # fmt: skip
+    x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
+    if denoise:
+        x = tweedie(sde, batched, jnp.asarray(eps, x.dtype), x, args)
+    return outputs(x, None, stats, False, return_stats)
 
 
 def sample_ode(
@@ -358,12 +282,12 @@ def sample_ode(
     check_score(score)
     shape = check_shape_arg("shape", shape)
     where = describe("sample_ode", solver)
-    x_init, _ = start(key, sde, shape, x_init)
-    x, traj, stats, t_end = _ode(where, sde, score, x_init, solver=solver, forward=False,
+    x_init, _, bad = start(key, sde, shape, x_init)
+    x, traj, stats, t_end = solve_flow(where, sde, score, x_init, solver=solver, forward=False,
                                  rtol=rtol, atol=atol, eps=eps, num_steps=num_steps,
                                  grid=grid, ts=ts, args=args, save=return_trajectory,
                                  max_steps=max_steps, adjoint=None)  # fmt: skip
-    x = finish(x, stats, where, throw)
+    x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     if denoise:
         x = tweedie(sde, score, t_end, x, args)
     return outputs(x, traj, stats, return_trajectory, return_stats)

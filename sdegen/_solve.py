@@ -21,9 +21,11 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
+import jax.random as jr
 
 from ._brownian import GridBrownianPath
-from ._checks import raise_nonfinite
+from ._checks import check_x_deferred, raise_failure
+from ._custom_types import KeyArray
 from ._integrate import (
     RESULTS,
     SolveStats,
@@ -122,21 +124,17 @@ def solve_reverse(
                      atol, dt0, save_ts, max_steps, adjoint, norm, tree_tol)  # fmt: skip
 
 
-def finish(x: Any, stats: SolveStats, where: str, throw: bool) -> Any:
-    """`x`, with an error naming `where` and the time if the solve became non-finite
-    (when `throw`); other failures (e.g. the maximum number of steps) raise diffrax's
-    message."""
+def finish(x: Any, stats: SolveStats, where: str, throw: bool, *,
+           bad_input: Any = False, input_name: str = "x") -> Any:  # fmt: skip
+    """`x`, with one error check (when `throw`): a non-finite input (`bad_input`), a
+    state that became non-finite (naming `where` and the time) or the step limit of
+    an adaptive solve."""
     if not throw:
         return x
-    x = raise_nonfinite(x, stats.result == RESULTS.nonfinite_state, stats.t_failed, where)
-    failed = (stats.result != RESULTS.successful) & (
-        stats.result != RESULTS.nonfinite_state
-    )
-    return eqx.error_if(
-        x, failed, f"{where}: the adaptive solve failed: the maximum number of solver "
-        "steps was reached. Increase `max_steps`, loosen rtol/atol, or pass "
-        "throw=False and read stats.result."
-    )
+    nonfinite = stats.result == RESULTS.nonfinite_state
+    step_limit = (stats.result != RESULTS.successful) & ~nonfinite
+    return raise_failure(x, nonfinite=nonfinite, t=stats.t_failed, step_limit=step_limit,
+                         bad_input=bad_input, where=where, input_name=input_name)  # fmt: skip
 
 
 def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None) -> Any:
@@ -147,3 +145,33 @@ def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None)
     drift = ScoreDrift(sde, score, 1.0)
     t = jnp.asarray(t, x.dtype)
     return drift.denoise(t, x, args)
+
+
+# ---------------------------------------------------------------- entry-point helpers
+
+
+def is_adaptive(solver: diffrax.AbstractSolver) -> bool:
+    """Whether a solver has an embedded error estimate (for a PID controller)."""
+    if isinstance(solver, diffrax.AbstractSRK):
+        return solver.tableau.b_error is not None
+    return isinstance(solver, diffrax.AbstractAdaptiveSolver)
+
+
+def outputs(x: Any, traj: Any, stats: SolveStats, return_trajectory: bool,
+            return_stats: bool) -> Any:  # fmt: skip
+    """`x`, `(x, trajectory)`, `(x, stats)` or `(x, trajectory, stats)`."""
+    out = (x,) + ((traj,) if return_trajectory else ()) + (
+        (stats,) if return_stats else ()
+    )
+    return out[0] if len(out) == 1 else out
+
+
+def start(key: KeyArray, sde: AbstractSDE, shape: Any, x_init: Any) -> tuple[Any, Any, Any]:
+    """`(x_init, noise_key, bad_input)`: the prior draw from `split(key)[0]` unless
+    `x_init` is given (then checked: its shape now, its finiteness now or, when traced,
+    as the flag `bad_input` for `finish`), and the key of the noise."""
+    k_prior, k_noise = jr.split(key)
+    if x_init is None:
+        return sde.prior_sample(k_prior, shape), k_noise, False
+    x_init, bad = check_x_deferred(x_init, shape, "x_init")
+    return x_init, k_noise, bad

@@ -273,8 +273,8 @@ def sample_report(
       `frechet_raw`); or `"raw"`, `"pca"`, or any map of a batch to `(n, k)`.
     - `mean`, `std` of all sample entries against the data's (`std_ratio`).
     - `frac_outside_range`: the fraction of sample entries outside the data's
-      $[\min, \max]$; for data in $[-1, 1]$ also `frac_beyond_1.1`, the fraction with
-      $|x| > 1.1$.
+      $[\min, \max]$, and `mean_distance_outside`, their mean distance to it; for
+      data in $[-1, 1]$ also `frac_beyond_1.1`, the fraction with $|x| > 1.1$.
     - `frac_nonfinite`: the fraction of non-finite entries (the distances are then
       computed on the finite samples only).
 
@@ -315,6 +315,9 @@ def sample_report(
                data_min=lo, data_max=hi)  # fmt: skip
     out["std_ratio"] = out["std"] / out["data_std"]
     out["frac_outside_range"] = float(np.mean((xf < lo) | (xf > hi) | ~np.isfinite(xf)))
+    # how far outside: the mean distance to [lo, hi] of the entries outside
+    dist = np.maximum(lo - ok, 0) + np.maximum(ok - hi, 0)
+    out["mean_distance_outside"] = float(dist[dist > 0].mean()) if np.any(dist > 0) else 0.0
     if lo >= -1 and hi <= 1:
         out["frac_beyond_1.1"] = float(np.mean(~(np.abs(xf) <= 1.1)))
     m = min(len(ok), len(y) // 2)

@@ -1,8 +1,12 @@
-"""Score-matching losses against the exact scores of Gaussian mixtures.
+r"""Score-matching losses against the exact scores of Gaussian data.
 
-Every statistical check uses common random numbers (the same key for the exact and
-the perturbed model, so the per-example differences have small variance) and a
-tolerance of a stated number of standard errors of the Monte-Carlo mean.
+Gaussian data $\mathcal{N}(\mu, \Sigma)$ diffused by a linear SDE stays Gaussian,
+$\mathcal{N}(\alpha\mu, \alpha^2\Sigma + \sigma^2 I)$, so its score is exact and cheap
+to compile (the properties tested hold for any data; Gaussian mixtures are exercised
+by the sampling tests). Every statistical check uses common random numbers (the same
+key for the exact and the perturbed model, so the per-example differences have small
+variance) and a tolerance of a stated number of standard errors of the Monte-Carlo
+mean.
 """
 
 import math
@@ -18,12 +22,71 @@ import pytest
 import sdegen as sg
 from sdegen._losses._common import drop_labels, example_keys
 from sdegen._losses._dsm import draw_times
+from sdegen._losses._weighting import resolve_weighting
 
-from .helpers import SDES, eight_gaussians, mixture_3d
+from .helpers import SDES
 
 
 N = 2000  # examples per Monte-Carlo estimate
 Z = 5.0  # tolerance in standard errors
+
+
+class GaussianScore(eqx.Module):
+    """The exact score of N(mu, cov) diffused by `sde`:
+    -(alpha^2 cov + sigma^2 I)^{-1} (x - alpha mu), through cov's eigenbasis."""
+
+    sde: sg.AbstractSDE
+    mu: jax.Array
+    evals: jax.Array
+    evecs: jax.Array
+
+    def __call__(self, t, x):
+        t = jnp.asarray(t, self.mu.dtype)  # unchecked closed forms: cheap to compile
+        a, s = self.sde._alpha(t), self.sde._sigma(t)
+        r = self.evecs.T @ (x - a * self.mu)
+        return -self.evecs @ (r / (a**2 * self.evals + s**2))
+
+
+class NoiseConditional(eqx.Module):
+    """The exact score of N(mu, cov) + N(0, sigma^2 I)."""
+
+    mu: jax.Array
+    evals: jax.Array
+    evecs: jax.Array
+
+    def __call__(self, sigma, x):
+        r = self.evecs.T @ (x - self.mu)
+        return -self.evecs @ (r / (self.evals + sigma**2))
+
+
+class Gaussian:
+    """Data N(mu, cov) with the `sample` / `score` / `noise_conditional_score` of
+    sdegen.data.GaussianMixture."""
+
+    def __init__(self, mu, cov):
+        self.mu, self.cov = jnp.asarray(mu), jnp.asarray(cov)
+        self.evals, self.evecs = jnp.linalg.eigh(self.cov)
+
+    def sample(self, key, n):
+        z = jr.normal(key, (n, self.mu.shape[0]))
+        return self.mu[None] + (z * jnp.sqrt(self.evals)[None]) @ self.evecs.T
+
+    def score(self, sde):
+        return GaussianScore(sde, self.mu, self.evals, self.evecs)
+
+    def noise_conditional_score(self):
+        return NoiseConditional(self.mu, self.evals, self.evecs)
+
+
+def eight_gaussians():
+    """2-D data of about the 8-Gaussian mixture's scale: mean (1, -0.5), stds 2.5, 1."""
+    return Gaussian([1.0, -0.5], [[5.0, 2.0], [2.0, 2.0]])
+
+
+def mixture_3d():
+    """3-D data with a correlated covariance."""
+    a = np.array([[0.5, 0.2, 0.0], [0.1, 0.4, 0.15], [0.0, -0.2, 0.3]])
+    return Gaussian([2.0, 0.0, -1.0], a @ a.T + 0.05 * np.eye(3))
 
 
 def _mean_se(v):
@@ -65,7 +128,7 @@ def _per_example_many(single, models, data, key, *args, **kwargs):
 
 def _mean_sigma2(sde, eps, n=200_001):
     t = np.linspace(eps, sde.T, n)
-    s2 = np.asarray(jax.vmap(sde.sigma)(jnp.asarray(t))) ** 2
+    s2 = np.asarray(sde._sigma(jnp.asarray(t))) ** 2
     return float(np.trapezoid(s2, t) / (sde.T - eps))
 
 
@@ -73,9 +136,7 @@ def _mean_sigma2(sde, eps, n=200_001):
 # DSM
 
 
-@pytest.mark.parametrize(
-    "sde_name,weighting", [("vp", "sigma2"), ("subvp", "likelihood"), ("ve", "sigma2")]
-)
+@pytest.mark.parametrize("sde_name,weighting", [("vp", "sigma2"), ("ve", "edm")])
 def test_dsm_minimised_by_exact_score(sde_name, weighting, getkey):
     sde = SDES[sde_name]()
     gmm = eight_gaussians()
@@ -94,7 +155,7 @@ def test_dsm_minimised_by_exact_score(sde_name, weighting, getkey):
         assert m > Z * se, (m, se)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp"])
 def test_dsm_excess_loss_is_exact(sde_name, getkey):
     # For s = s* + c, E[sigma^2 ||s + z/sigma||^2] - E[... at s*] = ||c||^2 E_t[sigma^2]
     # exactly, because E[s*(t, x_t) + z/sigma | x_t] = 0.
@@ -129,7 +190,7 @@ def test_dsm_loss_is_mean_of_single(getkey):
     assert jnp.allclose(one, per[3], rtol=1e-12)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp"])
 def test_dsm_gradient_vanishes_at_exact_score(sde_name, getkey):
     sde = SDES[sde_name]()
     gmm = eight_gaussians()
@@ -155,7 +216,7 @@ def test_dsm_gradient_vanishes_at_exact_score(sde_name, getkey):
         assert abs(m - expected) < Z * se + 0.02 * expected, (i, m, expected, se)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp"])
 def test_importance_weights_are_unbiased(sde_name, getkey):
     # E_q[1 / ((T - eps) q(t))] = 1 and E_q[w f(t)] = mean of f over U(eps, T).
     sde = SDES[sde_name]()
@@ -174,7 +235,7 @@ def test_importance_weights_are_unbiased(sde_name, getkey):
     assert abs(m - exact / (sde.T - eps)) < Z * se
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "subvp"])
+@pytest.mark.parametrize("sde_name", ["vp"])
 def test_importance_sampling_same_objective_lower_variance(sde_name, getkey):
     sde = SDES[sde_name]()
     gmm = eight_gaussians()
@@ -234,12 +295,12 @@ def _vp_ddpm(num_steps=100):
     """An exact eps model for a VP chain: abar_n = alpha(t_n)^2 on t_n = (n+1)/N."""
     sde = sg.VPSDE()
     tn = (jnp.arange(num_steps) + 1.0) / num_steps
-    abar = jax.vmap(sde.alpha)(tn) ** 2
+    abar = sde._alpha(tn) ** 2
     exact = eight_gaussians().score(sde)
 
     def eps_model(n, x):
         t = tn[n]
-        return -sde.sigma(t) * exact(t, x)
+        return -sde._sigma(t) * exact(t, x)
 
     return abar, eps_model
 
@@ -267,7 +328,7 @@ def test_ddpm_minimised_by_exact_eps(getkey):
 # SSM and ISM
 
 
-@pytest.mark.parametrize("loss", ["ssm", "ssm_vr", "ssm_gauss", "ism"])
+@pytest.mark.parametrize("loss", ["ssm_gauss", "ism"])
 def test_implicit_losses_minimised_by_exact_score(loss, getkey):
     sde = sg.VPSDE()
     gmm = eight_gaussians()
@@ -296,7 +357,7 @@ def test_implicit_losses_minimised_by_exact_score(loss, getkey):
         assert m > Z * se, (loss, m, se)
 
 
-@pytest.mark.parametrize("loss", ["ssm", "ssm_vr", "ism"])
+@pytest.mark.parametrize("loss", ["ssm", "ism"])
 def test_implicit_losses_match_half_dsm_at_fixed_t(loss, getkey):
     # At fixed t, ISM(s) = (1/2) sigma^2 E||s - s*||^2 + C and
     # DSM(s) = sigma^2 E||s - s*||^2 + C': the excess losses differ by exactly 1/2.
@@ -341,48 +402,25 @@ def test_ism_at_exact_score_is_minus_half_fisher(getkey):
     assert abs(m) < Z * se, (m, se)
 
 
-def test_ssm_is_unbiased_for_ism(getkey):
-    # E_v[v^T J v] = tr J for Rademacher v: SSM-VR and ISM agree per example on
-    # average over projections (same t and x_t: same key).
-    sde = sg.VPSDE()
-    gmm = mixture_3d()
-    model = Shifted(gmm.score(sde), jnp.array([0.2, 0.0, -0.1]), 1.2)
-    data = gmm.sample(getkey(), N)
-    key = getkey()
-    ism = _per_example(sg.single_ism_loss, model, data, key, sde)
-    ssm = _per_example(
-        sg.single_ssm_loss, model, data, key, sde, variance_reduction=True,
-        num_projections=8,
-    )  # fmt: skip
-    # single_ssm_loss splits the key once more for the projections, so t and x_t
-    # differ from ISM's: compare the means.
-    (m1, se1), (m2, se2) = _mean_se(ism), _mean_se(ssm)
-    assert abs(m1 - m2) < Z * math.hypot(se1, se2), (m1, se1, m2, se2)
-
-
 # --------------------------------------------------------------------------------
 # Reductions, the EDM weighting, time sampling, label dropout
 
 
 def test_mean_reduction_divides_the_sum_by_the_entries(getkey):
     sde = sg.VPSDE()
-    gmm = eight_gaussians()
-    model = Shifted(gmm.score(sde), jnp.array([0.2, -0.1]), 1.1)
-    ncs = gmm.noise_conditional_score()
-    abar, eps_model = _vp_ddpm(20)
+    score = lambda t, x: 0.3 - (1 + t) * x
+    eps_model = lambda n, x: 0.1 * x
+    abar = jnp.linspace(0.99, 0.01, 20)
     sigmas = sg.geometric_sigmas(5.0, 0.1, 5)
-    data = gmm.sample(getkey(), 16)
+    data = jr.normal(getkey(), (16, 2))
     key = getkey()
     calls = [
-        lambda r: sg.dsm_loss(model, sde, data, key, reduction=r),
-        lambda r: sg.dsm_loss(model, sde, data, key, weighting="edm", times="lognormal",
+        lambda r: sg.dsm_loss(score, sde, data, key, weighting="edm", times="lognormal",
                               stratified=True, reduction=r),  # fmt: skip
-        lambda r: sg.single_dsm_loss(model, sde, data[0], key, reduction=r),
-        lambda r: sg.ncsn_loss(ncs, sigmas, data, key, reduction=r),
-        lambda r: sg.single_ncsn_loss(ncs, sigmas, data[0], key, reduction=r),
+        lambda r: sg.ncsn_loss(score, sigmas, data, key, reduction=r),
         lambda r: sg.ddpm_loss(eps_model, abar, data, key, reduction=r),
-        lambda r: sg.ssm_loss(model, sde, data, key, reduction=r),
-        lambda r: sg.ism_loss(model, sde, data, key, reduction=r),
+        lambda r: sg.ssm_loss(score, sde, data, key, reduction=r),
+        lambda r: sg.ism_loss(score, sde, data, key, reduction=r),
     ]
     both = jax.jit(lambda: [(f("sum"), f("mean")) for f in calls])
     for i, (total, mean) in enumerate(both()):
@@ -402,8 +440,10 @@ def test_edm_weighting_is_the_edm_loss(getkey):
     st = sigma / alpha
     assert jnp.allclose(weighting(sde, jnp.asarray(t)),
                         sigma**2 * (st**2 + sd**2) / sd**2, rtol=1e-12)  # fmt: skip
+    single = jax.jit(lambda x0, k: sg.single_dsm_loss(model, sde, x0, k,
+                                                      weighting=weighting, t=t))  # fmt: skip
     for x0, k in zip(x0s, jr.split(getkey(), 6)):
-        loss = sg.single_dsm_loss(model, sde, x0, k, weighting=weighting, t=t)
+        loss = single(x0, k)
         z = jr.normal(jr.split(k)[1], (2,))
         xt = alpha * x0 + sigma * z
         denoised = (xt + sigma**2 * model(t, xt)) / alpha
@@ -417,51 +457,37 @@ def test_edm_weighting_is_the_edm_loss(getkey):
         target = (x0 - c_skip * x_tilde) / c_out
         assert jnp.allclose(loss, jnp.sum((raw - target) ** 2), rtol=1e-10)
     # the name "edm" is sigma_data = 0.5
-    key = getkey()
-    a = sg.single_dsm_loss(model, sde, x0s[0], key, weighting="edm", t=t)
-    b = sg.single_dsm_loss(model, sde, x0s[0], key, weighting=sg.EDMWeighting(0.5), t=t)
-    assert jnp.allclose(a, b, rtol=1e-14)
+    assert resolve_weighting("edm") == sg.EDMWeighting(0.5)
     assert sg.WEIGHTINGS == ("sigma2", "likelihood", "edm")
     assert sg.TIME_SAMPLINGS == ("uniform", "importance", "lognormal")
 
 
-def test_stratified_times_one_per_stratum_same_mean_less_variance(getkey):
+def test_stratified_times_one_per_stratum_unbiased_less_variance(getkey):
     sde, eps, n = sg.VPSDE(), 1e-3, 16
+    draw = jax.jit(lambda k, times, st: draw_times(sde, jr.split(k, n), times, eps,
+                                                   None, st, jnp.float64),
+                   static_argnums=(1, 2))  # fmt: skip
     for times in (sg.UniformTimes(), sg.LogNormalTimes()):
-        t, w = draw_times(sde, jr.split(getkey(), n), times, eps, None, True, jnp.float64)
+        t, w = draw(getkey(), times, True)
         assert jnp.all(w == 1)
         if isinstance(times, sg.UniformTimes):
             u = (t - eps) / (sde.T - eps)
         else:  # the normal quantile of ln(sigma/alpha)
-            u = jax.scipy.stats.norm.cdf(
-                (jnp.log(jax.vmap(sde.sigma)(t) / jax.vmap(sde.alpha)(t)) + 1.2) / 1.2
-            )
-        b = jnp.arange(n)
-        assert jnp.all((u >= b / n - 1e-9) & (u < (b + 1) / n + 1e-9)), u
-    # Stratified times are unbiased with less variance: the batch mean of
-    # sigma(t_b)^2 (the excess loss of a shifted score, per unit shift) ...
+            u = jax.scipy.stats.norm.cdf((jnp.log(sde._sigma(t) / sde._alpha(t)) + 1.2)
+                                         / 1.2)  # fmt: skip
+        # one time in each of the n strata [b/n, (b+1)/n)
+        assert sorted(np.floor(np.asarray(u) * n + 1e-9).astype(int)) == list(range(n))
+    # The batch mean of sigma(t_b)^2 (the excess loss of a shifted score per unit
+    # shift, which varies strongly with t): the same expectation, far less variance.
     keys = jr.split(getkey(), 1000)
-
-    def batch_mean(k, st):
-        t, _ = draw_times(sde, jr.split(k, n), sg.UniformTimes(), eps, None, st,
-                          jnp.float64)  # fmt: skip
-        return jnp.mean(jax.vmap(sde.sigma)(t) ** 2)
-
-    f = jax.jit(jax.vmap(batch_mean, (0, None)), static_argnums=1)
+    f = jax.jit(jax.vmap(lambda k, st: jnp.mean(sde._sigma(
+        draw_times(sde, jr.split(k, n), sg.UniformTimes(), eps, None, st,
+                   jnp.float64)[0]) ** 2), (0, None)), static_argnums=1)  # fmt: skip
     plain, strat = np.asarray(f(keys, False)), np.asarray(f(keys, True))
     (m1, se1), (m2, se2) = _mean_se(plain), _mean_se(strat)
     assert abs(m1 - m2) < Z * math.hypot(se1, se2), (m1, se1, m2, se2)
     assert abs(m2 - _mean_sigma2(sde, eps)) < Z * se2
     assert np.var(strat) < 0.05 * np.var(plain), (np.var(strat), np.var(plain))
-    # ... and so is the loss: same expectation with and without stratification.
-    gmm = eight_gaussians()
-    model = Shifted(gmm.score(sde), jnp.array([1.0, 1.0]))
-    data = gmm.sample(getkey(), n)
-    g = jax.jit(jax.vmap(lambda k, st: sg.dsm_loss(model, sde, data, k, eps=eps,
-                                                   stratified=st),
-                         (0, None)), static_argnums=1)  # fmt: skip
-    (m1, se1), (m2, se2) = _mean_se(g(keys, False)), _mean_se(g(keys, True))
-    assert abs(m1 - m2) < Z * math.hypot(se1, se2), (m1, se1, m2, se2)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -471,11 +497,11 @@ def test_lognormal_times_follow_edm(sde_name, getkey):
 
     sde, eps = SDES[sde_name](), 1e-5
     times = sg.LogNormalTimes(p_mean=-1.2, p_std=1.2)
-    t, w = draw_times(sde, jr.split(getkey(), 4000), times, eps, None, False,
-                      jnp.float64)  # fmt: skip
+    t, w = jax.jit(lambda k: draw_times(sde, jr.split(k, 4000), times, eps, None,
+                                        False, jnp.float64))(getkey())  # fmt: skip
     assert jnp.all(w == 1) and jnp.all((t >= eps) & (t <= sde.T))
     inside = np.asarray((t > eps) & (t < sde.T))
-    log_st = np.log(np.asarray(jax.vmap(sde.sigma)(t) / jax.vmap(sde.alpha)(t)))
+    log_st = np.log(np.asarray(sde._sigma(t) / sde._alpha(t)))
     lo = math.log(float(sde.sigma(eps) / sde.alpha(eps)))
     hi = math.log(float(sde.sigma(sde.T) / sde.alpha(sde.T)))
     # the clipped draws are those beyond the ends, with the normal's tail masses
@@ -502,7 +528,6 @@ def test_label_dropout_replaces_labels_by_the_null_class(getkey):
                                               label_dropout=p, null_label=3))  # fmt: skip
     # p = 1: every label is the null class; p = 0: the labels as given
     assert loss(labels, 1.0) == loss(jnp.full(32, 3), 0.0)
-    assert loss(labels, 0.0) == sg.dsm_loss(model, sde, data, key, labels=labels)
     assert loss(labels, 0.0) != loss(labels, 1.0)
 
 
@@ -512,11 +537,7 @@ def test_label_dropout_replaces_labels_by_the_null_class(getkey):
 
 @pytest.mark.parametrize(
     "name",
-    ["dsm", "ism"]
-    + [
-        pytest.param(n, marks=pytest.mark.slow)
-        for n in ("dsm_is", "ssm", "ncsn", "ddpm")
-    ],
+    ["dsm", "ism"],
 )
 def test_losses_jit_and_grad_through_mlp(name, getkey):
     sde = sg.VPSDE()
@@ -525,28 +546,17 @@ def test_losses_jit_and_grad_through_mlp(name, getkey):
     data = eight_gaussians().sample(getkey(), 32)
     labels = jnp.arange(32) % 4  # 3 = the null class
     key = getkey()
-    abar, _ = _vp_ddpm()
-    sigmas = sg.geometric_sigmas(5.0, 0.1, 5)
     losses = {
-        "dsm": lambda m: sg.dsm_loss(m, sde, data, key, labels=labels),
-        "dsm_is": lambda m: sg.dsm_loss(
-            m, sde, data, key, weighting="likelihood", importance_sampling=True
-        ),
-        "ssm": lambda m: sg.ssm_loss(m, sde, data, key, labels=labels),
+        "dsm": lambda m: sg.dsm_loss(m, sde, data, key, labels=labels, weighting="edm",
+                                     times="lognormal", stratified=True,
+                                     label_dropout=0.2, null_label=3),  # fmt: skip
         "ism": lambda m: sg.ism_loss(m, sde, data, key, labels=labels),
-        "ncsn": lambda m: sg.ncsn_loss(m.net, sigmas, data, key, labels=labels),
-        "ddpm": lambda m: sg.ddpm_loss(m.net, abar, data, key, labels=labels),
     }
     value, grads = eqx.filter_jit(eqx.filter_value_and_grad(losses[name]))(model)
     assert value.shape == () and bool(jnp.isfinite(value))
     leaves = jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
-    if name != "dsm":
-        return
-    # labels reach the model: another labelling gives another loss
-    dsm = eqx.filter_jit(lambda m, lab: sg.dsm_loss(m, sde, data, key, labels=lab))
-    assert not jnp.allclose(dsm(model, (labels + 1) % 3), dsm(model, labels))
 
 
 def test_loss_errors(getkey):
@@ -562,7 +572,7 @@ def test_loss_errors(getkey):
         sg.dsm_loss(exact, sde, data, key, times="beta")
     with pytest.raises(ValueError, match="`reduction` must be one of 'sum', 'mean', got 'max'"):
         sg.dsm_loss(exact, sde, data, key, reduction="max")
-    with pytest.raises(ValueError, match="`batch` contains 1 non-finite"):
+    with pytest.raises(ValueError, match=r"`batch` contains non-finite values \(NaN or inf\): 1 of 16"):
         sg.dsm_loss(exact, sde, data.at[0, 0].set(jnp.nan), key)
     with pytest.raises(ValueError, match=r"\(batch, \*data\)"):
         sg.dsm_loss(exact, sde, data[0], key)
@@ -636,7 +646,7 @@ def test_dsm_adam_training_reduces_score_error(getkey):
 
     before = rel_error(model)
     key = getkey()
-    for i in range(400):
+    for i in range(200):
         model, opt_state, _ = step(model, opt_state, jr.fold_in(key, i))
     after = rel_error(model)
     assert after < 0.5 * before and after < 0.4, (before, after)

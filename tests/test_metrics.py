@@ -93,8 +93,11 @@ def test_sample_report():
     assert r["frac_beyond_1.1"] == 0.0 and r["frac_nonfinite"] == 0.0
     bad = sg.metrics.sample_report(wide, data, key=jr.key(0))
     assert bad["frechet_ratio"] > 5 and bad["std_ratio"] > 1.3
-    expected = np.mean((wide < data.min()) | (wide > data.max()))
-    assert bad["frac_outside_range"] == pytest.approx(expected)
+    outside = (wide < data.min()) | (wide > data.max())
+    assert bad["frac_outside_range"] == pytest.approx(np.mean(outside))
+    dist = np.where(wide < data.min(), data.min() - wide, wide - data.max())[outside]
+    assert bad["mean_distance_outside"] == pytest.approx(np.mean(dist))
+    assert r["mean_distance_outside"] == 0.0
     assert bad["frac_beyond_1.1"] == pytest.approx(np.mean(np.abs(wide) > 1.1))
     # the floor is a distance between two disjoint halves of the data: with fewer
     # data than 2n the sets shrink to N // 2

@@ -96,11 +96,12 @@ def test_mlp_sinusoidal_integer_steps(getkey):
 # U-Net
 
 
-@pytest.mark.parametrize("channels,size", [(1, 8), (3, 16)])
-def test_unet_shapes_and_conditioning(channels, size, getkey):
-    net = sg.nn.UNet(
-        channels, key=getkey(), base_channels=8, num_groups=4, num_classes=10
-    )
+@pytest.mark.parametrize("channels,size,mults,attn", [(1, 8, (1, 2), (2,)),
+                                                     (3, 4, (1,), (1,))])
+def test_unet_shapes_and_conditioning(channels, size, mults, attn, getkey):
+    net = sg.nn.UNet(channels, key=getkey(), base_channels=8, num_groups=4,
+                     num_classes=10, channel_mults=mults,
+                     attention_resolutions=attn)  # fmt: skip
     x = jr.normal(getkey(), (channels, size, size))
     xs = jnp.stack([x] * 4)
     ts = jnp.array([0.5, 0.2, 0.5, 0.5])
@@ -114,8 +115,9 @@ def test_unet_shapes_and_conditioning(channels, size, getkey):
 
 @pytest.mark.slow
 def test_unet_vmap_grad_dropout(getkey):
-    net = sg.nn.UNet(1, key=getkey(), base_channels=8, num_groups=4, dropout=0.3)
-    xs = jr.normal(getkey(), (3, 1, 8, 8))
+    net = sg.nn.UNet(1, key=getkey(), base_channels=8, num_groups=4, dropout=0.3,
+                     channel_mults=(1,), attention_resolutions=())  # fmt: skip
+    xs = jr.normal(getkey(), (3, 1, 4, 4))
     ts = jnp.array([0.1, 0.5, 0.9])
 
     def loss(m, key):

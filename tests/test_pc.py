@@ -102,14 +102,14 @@ def test_corrector_earns_its_cost():
     def run(corrector):
         return batch(lambda k: sg.pc_sample(
             k, sde, score, (2,), "reverse_diffusion", corrector, snr=0.5,
-            corrector_steps=3, num_steps=10))  # fmt: skip
+            corrector_steps=3, num_steps=10), n=4000)  # fmt: skip
 
     x_p, x_pc = run("none"), run("langevin")
     assert mode_spread(gmm, x_p) > 0.215
     assert abs(mode_spread(gmm, x_pc) - 0.18) < 0.02
-    # MMD^2 of 1000 exact samples against `ref` is ~0.003 (its noise floor), so the
-    # spread above is the sharp check; the MMD must still improve.
-    assert float(sg.metrics.mmd(x_pc, ref)) < float(sg.metrics.mmd(x_p, ref))
+    # MMD^2 of 4000 exact samples against `ref` is ~0.001 (its noise floor); over four
+    # seeds the corrector took it from 0.0025-0.0039 to 0.0013-0.0015.
+    assert float(sg.metrics.mmd(x_pc, ref)) < 0.8 * float(sg.metrics.mmd(x_p, ref))
 
 
 @pytest.mark.slow

@@ -459,6 +459,21 @@ def test_affine_transform_and_standardize():
     assert y32.dtype == jnp.float32
     edm = sg.data.standardize(x, center="none", target_std=0.5)
     assert abs(float(np.std(edm.forward(x))) - 0.5) < 1e-12
+    # logit transform (RealNVP): data at the ends stay finite, samples in training
+    # space of any size map back inside (a - 0.111 (b - a), b + 0.111 (b - a))
+    lg = sg.data.LogitTransform(-1.0, 1.0, 0.05)
+    y = lg.forward(x)
+    assert np.all(np.isfinite(y)) and abs(y.min() + math.log(19)) < 1e-12
+    chain = sg.data.ChainTransform((lg, sg.data.standardize(y, center="pixel")))
+    np.testing.assert_allclose(chain.inverse(chain.forward(x)), x, atol=1e-12)
+    wild = chain.inverse(np.linspace(-1e3, 1e3, 101)[:, None] * np.ones((1, 1, 8, 8)))
+    assert np.all(np.abs(wild) <= 1 + 0.1 / 0.9 + 1e-12)
+    back = sg.data.transform_from_dict(json.loads(json.dumps(chain.to_dict())))
+    np.testing.assert_array_equal(back.forward(x), chain.forward(x))
+    with pytest.raises(ValueError, match=r"must lie in \[-1.0, 1.0\]"):
+        lg.forward(x + 1.0)
+    with pytest.raises(ValueError, match=r"`alpha` must be in \(0, 0.5\)"):
+        sg.data.LogitTransform(alpha=0.5)
     with pytest.raises(ValueError, match="`center` must be one of 'mean', 'pixel', 'none'"):
         sg.data.standardize(x, center="median")
     with pytest.raises(ValueError, match="`scale` must be > 0"):

@@ -31,7 +31,7 @@ from .._misc import is_concrete
 REDUCTIONS = ("sum", "mean")
 """Reductions of a loss over the entries of one example."""
 
-Labels = Int[ArrayLike, " batch"] | None
+Labels = Int[ArrayLike, " num_labels"] | None
 RealBatch = Real[ArrayLike, "batch *data"]
 
 

@@ -32,8 +32,6 @@ from ._weighting import (
     Weighting,
     resolve_times,
     resolve_weighting,
-    sde_alpha,
-    sde_sigma,
 )
 
 
@@ -52,8 +50,8 @@ def _setup(sde, eps, t, weighting, times, importance_sampling, reduction, dtype)
 
 def _single(model, sde, x0, t, w, kz, label, weighting: AbstractWeighting, reduction):
     z = jr.normal(kz, x0.shape, x0.dtype)
-    sigma = sde_sigma(sde, t)
-    s = call(model, t, sde_alpha(sde, t) * x0 + sigma * z, label)
+    sigma = sde._sigma(t)
+    s = call(model, t, sde._alpha(t) * x0 + sigma * z, label)
     # lambda ||s + z/sigma||^2 = (lambda / sigma^2) ||sigma s + z||^2
     return w * weighting.dsm_factor(sde, t) * reduce((sigma * s + z) ** 2, reduction)
 
@@ -65,7 +63,10 @@ def draw_times(sde, kts, times: AbstractTimeSampling, eps, t_fixed, stratified, 
         return jnp.full((n,), t_fixed, dtype), jnp.ones((n,), dtype)
     u = jax.vmap(lambda k: jr.uniform(k, (), dtype))(kts)
     if stratified:
-        u = (jnp.arange(n, dtype=dtype) + u) / n
+        # stratum perm[b] for example b: a random pairing, so that the loss of any
+        # fixed batch stays unbiased
+        perm = jr.permutation(jr.fold_in(kts[0], 1), n)
+        u = (perm.astype(dtype) + u) / n
     return jax.vmap(lambda v: times.sample(sde, v, eps))(u)
 
 
@@ -163,10 +164,11 @@ def dsm_loss(
     `single_dsm_loss` with that key (unless `stratified=True`).
 
     With `stratified=True` the uniform variates behind the times are spread evenly
-    over the batch, $u_b = (b + v_b)/B$ with $v_b \sim \mathcal{U}(0, 1)$ (the
-    "evenly spread" times of the Equinox score-based diffusion example; for uniform
-    times $t_b = \varepsilon + (T - \varepsilon)(b + v_b)/B$): every $t_b$ still has
-    the marginal law $p(t)$, so the loss is unbiased, with less variance from $t$.
+    over the batch, $u_b = (\pi_b + v_b)/B$ with $v_b \sim \mathcal{U}(0, 1)$ and a
+    random permutation $\pi$ (the "evenly spread" times of the Equinox score-based
+    diffusion example, there without $\pi$; for uniform times $t_b = \varepsilon +
+    (T - \varepsilon)(\pi_b + v_b)/B$): every $t_b$ still has the marginal law $p(t)$,
+    so the loss is unbiased for any batch, with less variance from $t$.
 
     With `labels` and `label_dropout=p`, each label is replaced by `null_label` with
     probability $p$ (an independent Bernoulli per example), training the

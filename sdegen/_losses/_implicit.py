@@ -24,7 +24,7 @@ from ._common import (
     prepare_batch,
     prepare_labels,
 )
-from ._weighting import Weighting, resolve_weighting, sde_alpha, sde_sigma
+from ._weighting import Weighting, resolve_weighting
 
 
 PROJECTIONS = ("rademacher", "gaussian")
@@ -37,7 +37,7 @@ def _noised(sde, x0, key, eps, t_fixed):
     else:
         t = jnp.asarray(t_fixed, x0.dtype)
     z = jr.normal(kz, x0.shape, x0.dtype)
-    return t, sde_alpha(sde, t) * x0 + sde_sigma(sde, t) * z
+    return t, sde._alpha(t) * x0 + sde._sigma(t) * z
 
 
 def _scale(reduction, x0):

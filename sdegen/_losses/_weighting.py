@@ -28,53 +28,8 @@ from jaxtyping import Array
 
 from .._checks import check_positive, concrete_float
 from .._custom_types import Scalar
-from .._misc import default_float
-from .._sde import AbstractSDE
+from .._sde import AbstractSDE, as_time
 from .._solver_table import lookup
-
-
-# ---------------------------------------------------------------- SDE closed forms
-# The unchecked closed forms of the SDE (`sde._alpha`, ...) when it has them; the
-# public methods otherwise.
-
-
-def _time(t: Any) -> Any:
-    t = jnp.asarray(t)
-    return t if jnp.issubdtype(t.dtype, jnp.floating) else t.astype(default_float())
-
-
-def sde_alpha(sde: AbstractSDE, t: Any) -> Any:
-    f = getattr(sde, "_alpha", None)
-    return f(_time(t)) if f is not None else sde.alpha(t)
-
-
-def sde_sigma(sde: AbstractSDE, t: Any) -> Any:
-    f = getattr(sde, "_sigma", None)
-    return f(_time(t)) if f is not None else sde.sigma(t)
-
-
-def sde_g2(sde: AbstractSDE, t: Any) -> Any:
-    f = getattr(sde, "_g2", None)
-    return f(_time(t)) if f is not None else sde.diffusion(t) ** 2
-
-
-def sde_inverse_lambda(sde: AbstractSDE, lam: Any, eps: Any) -> Any:
-    r"""The time $t$ with $\log(\alpha(t)/\sigma(t)) = $ `lam`, clipped to
-    $[\varepsilon, T]$ (by bisection when the SDE has no closed form)."""
-    f = getattr(sde, "_inverse_lambda", None)
-    if f is not None:
-        return jnp.clip(f(lam), eps, sde.T)
-    lam_of = lambda t: jnp.log(sde.alpha(t)) - jnp.log(sde.sigma(t))
-    lo, hi = jnp.asarray(eps, lam.dtype), jnp.asarray(sde.T, lam.dtype)
-
-    def body(_, bounds):
-        a, b = bounds
-        m = 0.5 * (a + b)
-        go_right = lam_of(m) > lam  # lambda decreases with t
-        return jnp.where(go_right, m, a), jnp.where(go_right, b, m)
-
-    a, b = jax.lax.fori_loop(0, 60, body, (lo, hi))
-    return 0.5 * (a + b)
 
 
 # ---------------------------------------------------------------- weightings
@@ -94,7 +49,7 @@ class AbstractWeighting(eqx.Module):
 
     def dsm_factor(self, sde: AbstractSDE, t: Scalar) -> Scalar:
         r"""$\lambda(t)/\sigma(t)^2$."""
-        return self(sde, t) / sde_sigma(sde, t) ** 2
+        return self(sde, t) / sde._sigma(as_time(t)) ** 2
 
 
 class Sigma2Weighting(AbstractWeighting):
@@ -103,10 +58,10 @@ class Sigma2Weighting(AbstractWeighting):
     \lVert\hat\varepsilon - z\rVert^2$."""
 
     def __call__(self, sde, t):
-        return sde_sigma(sde, t) ** 2
+        return sde._sigma(as_time(t)) ** 2
 
     def dsm_factor(self, sde, t):
-        return jnp.ones_like(t)
+        return jnp.ones_like(as_time(t))
 
 
 class LikelihoodWeighting(AbstractWeighting):
@@ -115,7 +70,7 @@ class LikelihoodWeighting(AbstractWeighting):
     of Score-Based Diffusion Models")."""
 
     def __call__(self, sde, t):
-        return sde_g2(sde, t)
+        return sde._g2(as_time(t))
 
 
 class EDMWeighting(AbstractWeighting):
@@ -143,10 +98,12 @@ class EDMWeighting(AbstractWeighting):
         check_positive("sigma_data", self.sigma_data)
 
     def __call__(self, sde, t):
-        return sde_sigma(sde, t) ** 2 * self.dsm_factor(sde, t)
+        t = as_time(t)
+        return sde._sigma(t) ** 2 * self.dsm_factor(sde, t)
 
     def dsm_factor(self, sde, t):
-        st2 = (sde_sigma(sde, t) / sde_alpha(sde, t)) ** 2
+        t = as_time(t)
+        st2 = (sde._sigma(t) / sde._alpha(t)) ** 2
         sd2 = self.sigma_data**2
         return (st2 + sd2) / sd2
 
@@ -220,7 +177,7 @@ class ImportanceTimes(AbstractTimeSampling):
                                * math.log(sde.T / v))  # fmt: skip
             knots[-1] = sde.T
             with jax.ensure_compile_time_eval():  # constants, also under jit
-                dens = jax.vmap(lambda s: sde_g2(sde, s) / sde_sigma(sde, s) ** 2)(
+                dens = jax.vmap(lambda s: sde._g2(s) / sde._sigma(s) ** 2)(
                     jnp.asarray(knots))  # fmt: skip
             dens = np.asarray(dens, np.float64)
             cell = 0.5 * (dens[1:] + dens[:-1]) * np.diff(knots)
@@ -230,7 +187,7 @@ class ImportanceTimes(AbstractTimeSampling):
             e = jnp.asarray(eps, dtype)
             grid = jnp.linspace(0.0, 1.0, self.num_cells + 1, dtype=dtype)
             knots = (e * jnp.exp(grid * jnp.log(sde.T / e))).at[-1].set(sde.T)
-            dens = jax.vmap(lambda s: sde_g2(sde, s) / sde_sigma(sde, s) ** 2)(knots)
+            dens = jax.vmap(lambda s: sde._g2(s) / sde._sigma(s) ** 2)(knots)
             cell = 0.5 * (dens[1:] + dens[:-1]) * jnp.diff(knots)
             cdf = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(cell)])
             cdf = cdf / cdf[-1]
@@ -271,7 +228,7 @@ class LogNormalTimes(AbstractTimeSampling):
     def sample(self, sde, u, eps):
         tiny = jnp.finfo(jnp.result_type(u)).tiny
         z = jax.scipy.special.ndtri(jnp.clip(u, tiny, 1 - jnp.finfo(u.dtype).epsneg))
-        t = sde_inverse_lambda(sde, -(self.p_mean + self.p_std * z), eps)
+        t = jnp.clip(sde._inverse_lambda(-(self.p_mean + self.p_std * z)), eps, sde.T)
         return t.astype(u.dtype), jnp.ones_like(u)
 
 

@@ -36,6 +36,8 @@ from ._toy import (
 from ._transform import (
     AbstractDataTransform as AbstractDataTransform,
     AffineTransform as AffineTransform,
+    ChainTransform as ChainTransform,
+    LogitTransform as LogitTransform,
     standardize as standardize,
     transform_from_dict as transform_from_dict,
 )

@@ -4,7 +4,9 @@ A score model learns best on data that is centred and of known scale (EDM's
 preconditioning assumes the data's standard deviation $\sigma_d$; Karras et al. 2022,
 §5). [`sdegen.data.AffineTransform`][] maps data $x$ to $y = (x - m)/s$ for training
 and samples back by $x = s\,y + m$; [`sdegen.data.standardize`][] fits it to a data
-set. It is JSON-serialisable (`to_dict` / [`sdegen.data.transform_from_dict`][]), so a
+set. Data bounded in $[a, b]$ (images in $[-1, 1]$) can first go through
+[`sdegen.data.LogitTransform`][], so that samples stay (almost) inside the range;
+[`sdegen.data.ChainTransform`][] composes transforms. It is JSON-serialisable (`to_dict` / [`sdegen.data.transform_from_dict`][]), so a
 run records it in its config and every later command undoes it.
 """
 
@@ -129,8 +131,98 @@ def standardize(
     return AffineTransform(shift, std / target_std)
 
 
+def _xp(x: Any):
+    return np if isinstance(x, np.ndarray | np.generic | float | int) else jnp
+
+
+class LogitTransform(AbstractDataTransform):
+    r"""The logit transform of data bounded in $[a, b]$ (Dinh et al. 2017, RealNVP,
+    §4.1; also Glow and FFJORD):
+
+    $$y = \operatorname{logit}ig(lpha + (1 - 2lpha)\,uig),\quad
+    u = rac{x - a}{b - a};\qquad
+    x = a + (b - a)\,rac{\operatorname{sigmoid}(y) - lpha}{1 - 2lpha}.$$
+
+    A model trained on $y$ (unbounded) gives samples $x$ inside
+    $ig(a - 	frac{lpha}{1 - 2lpha}(b - a),\ b + 	frac{lpha}{1 - 2lpha}(b -
+    a)ig)$ — $(-1.111, 1.111)$ for $[-1, 1]$ and $lpha = 0.05$ — whatever the
+    model: errors near the ends of the range are squashed by the sigmoid instead of
+    spilling beyond them. Values at the ends (the blank pixels of an image) map to
+    $\pm\operatorname{logit}(lpha)$, finite. Usually chained with
+    [`sdegen.data.standardize`][] ([`sdegen.data.ChainTransform`][]).
+    """
+
+    low: float = -1.0
+    high: float = 1.0
+    alpha: float = 0.05
+
+    def __check_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)
+                and self.high > self.low):  # fmt: skip
+            raise ValueError(
+                f"`low` and `high` must be finite with low < high, got {self.low!r}, "
+                f"{self.high!r}."
+            )
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"`alpha` must be in (0, 0.5), got {self.alpha!r}.")
+
+    def forward(self, x):
+        if isinstance(x, np.ndarray | np.generic) and (
+            np.any(x < self.low) or np.any(x > self.high)
+        ):
+            raise ValueError(
+                f"LogitTransform: the data must lie in [{self.low}, {self.high}]."
+            )
+        xp = _xp(x)
+        p = self.alpha + (1 - 2 * self.alpha) * (x - self.low) / (self.high - self.low)
+        return xp.log(p) - xp.log1p(-p)
+
+    def inverse(self, y):
+        xp = _xp(y)
+        p = 1 / (1 + xp.exp(-y))
+        return self.low + (self.high - self.low) * (p - self.alpha) / (1 - 2 * self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "logit", "low": self.low, "high": self.high,
+                "alpha": self.alpha}  # fmt: skip
+
+
+class ChainTransform(AbstractDataTransform):
+    """Transforms applied in order (`forward`) and undone in reverse order
+    (`inverse`), e.g. `ChainTransform((LogitTransform(), standardize(...)))`."""
+
+    transforms: tuple[AbstractDataTransform, ...]
+
+    def __check_init__(self):
+        if not self.transforms or not all(
+            isinstance(t, AbstractDataTransform) for t in self.transforms
+        ):
+            raise ValueError(
+                "`transforms` must be a non-empty tuple of "
+                "sdegen.data.AbstractDataTransform."
+            )
+
+    def forward(self, x):
+        for t in self.transforms:
+            x = t.forward(x)
+        return x
+
+    def inverse(self, y):
+        for t in reversed(self.transforms):
+            y = t.inverse(y)
+        return y
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "chain", "transforms": [t.to_dict() for t in self.transforms]}
+
+
 def transform_from_dict(d: dict[str, Any]) -> AbstractDataTransform:
     """The transform described by `AbstractDataTransform.to_dict()`."""
-    if not isinstance(d, dict) or d.get("kind") != "affine":
-        raise ValueError(f"Unknown data transform description {d!r}.")
-    return AffineTransform(d["shift"], d["scale"])
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind == "affine":
+        return AffineTransform(d["shift"], d["scale"])
+    if kind == "logit":
+        return LogitTransform(float(d["low"]), float(d["high"]), float(d["alpha"]))
+    if kind == "chain":
+        return ChainTransform(tuple(transform_from_dict(t) for t in d["transforms"]))
+    raise ValueError(f"Unknown data transform description {d!r}.")

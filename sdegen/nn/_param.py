@@ -27,15 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._custom_types import KeyArray, RealScalarLike, Scalar
-from .._losses._weighting import sde_alpha, sde_sigma
-from .._sde import AbstractSDE
-
-
-def _as_time(t):
-    t = jnp.asarray(t)
-    if not jnp.issubdtype(t.dtype, jnp.floating):
-        t = t.astype(jnp.zeros(()).dtype)
-    return t
+from .._sde import AbstractSDE, as_time
 
 
 def _check_net(net) -> None:
@@ -136,7 +128,7 @@ class AbstractParametrisation(eqx.Module):
         sde = self._sde_or_raise("denoise")
         x = jnp.asarray(x)
         s = self(t, x, label=label, key=key)
-        return (x + sde_sigma(sde, t) ** 2 * s) / sde_alpha(sde, t)
+        return (x + sde._sigma(as_time(t)) ** 2 * s) / sde._alpha(as_time(t))
 
     def eps(
         self,
@@ -149,7 +141,7 @@ class AbstractParametrisation(eqx.Module):
         r"""The noise prediction $\hat\varepsilon(t, x) = -\sigma(t)\, s(t, x)$, the
         estimate of $\varepsilon$ in $x = \alpha(t) x_0 + \sigma(t)\varepsilon$."""
         sde = self._sde_or_raise("eps")
-        return -sde_sigma(sde, t) * self(t, x, label=label, key=key)
+        return -sde._sigma(as_time(t)) * self(t, x, label=label, key=key)
 
 
 class ScoreParam(AbstractParametrisation):
@@ -164,7 +156,7 @@ class ScoreParam(AbstractParametrisation):
         _check_sde(self.sde, optional=True)
 
     def score_coefficients(self, t):
-        t = _as_time(t)
+        t = as_time(t)
         return jnp.zeros_like(t), jnp.ones_like(t), jnp.ones_like(t), t
 
 
@@ -181,8 +173,8 @@ class NoiseParam(AbstractParametrisation):
         _check_sde(self.sde)
 
     def score_coefficients(self, t):
-        t = _as_time(t)
-        return jnp.zeros_like(t), -1 / sde_sigma(self.sde, t), jnp.ones_like(t), t
+        t = as_time(t)
+        return jnp.zeros_like(t), -1 / self.sde._sigma(t), jnp.ones_like(t), t
 
 
 class EDMPreconditioner(AbstractParametrisation):
@@ -221,7 +213,8 @@ class EDMPreconditioner(AbstractParametrisation):
 
     def sigma_tilde(self, t: RealScalarLike) -> Scalar:
         r"""$\tilde\sigma(t) = \sigma(t)/\alpha(t)$, EDM's noise level of $x/\alpha$."""
-        return sde_sigma(self.sde, t) / sde_alpha(self.sde, t)
+        t = as_time(t)
+        return self.sde._sigma(t) / self.sde._alpha(t)
 
     def c_skip(self, t: RealScalarLike) -> Scalar:
         r"""$c_{\text{skip}} = \sigma_d^2/(\tilde\sigma^2 + \sigma_d^2)$."""
@@ -242,14 +235,16 @@ class EDMPreconditioner(AbstractParametrisation):
 
     def c_noise(self, t: RealScalarLike) -> Scalar:
         r"""$c_{\text{noise}} = \tfrac14\log\tilde\sigma$."""
-        return 0.25 * (jnp.log(sde_sigma(self.sde, t)) - jnp.log(sde_alpha(self.sde, t)))
+        t = as_time(t)
+        return 0.25 * (jnp.log(self.sde._sigma(t)) - jnp.log(self.sde._alpha(t)))
 
     def score_coefficients(self, t):
         r"""From $s = (\alpha D - x)/\sigma^2$: $a = -1/(\alpha^2(\tilde\sigma^2 +
         \sigma_d^2)) = -1/(\sigma^2 + \alpha^2\sigma_d^2)$, $b = \alpha c_{\text{out}}
         /\sigma^2 = \sigma_d/(\sigma\sqrt{\tilde\sigma^2 + \sigma_d^2})$, and the
         input scale $c_{\text{in}}/\alpha = 1/\sqrt{\sigma^2 + \alpha^2\sigma_d^2}$."""
-        alpha, sigma = sde_alpha(self.sde, t), sde_sigma(self.sde, t)
+        t = as_time(t)
+        alpha, sigma = self.sde._alpha(t), self.sde._sigma(t)
         sd2 = self.sigma_data**2
         v = sigma**2 + alpha**2 * sd2
         a = -1 / v
