@@ -36,7 +36,8 @@ BUILTIN_DATASETS = ("digits", "8gaussians", "moons", "swiss_roll", "checkerboard
 SDES = ("vp", "subvp", "ve")
 NETS = ("auto", "mlp", "unet")
 PARAMS = ("noise", "score", "edm")
-LOSSES = ("dsm", "dsm_likelihood")
+LOSSES = ("auto", "dsm", "dsm_edm", "dsm_likelihood")
+TRANSFORMS = ("auto", "logit", "pixel", "mean", "none")
 GRIDS = ("uniform", "logsnr", "karras")
 MASKS = ("right", "left", "top", "bottom", "centre", "random")
 
@@ -151,11 +152,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "those of the first image)")  # fmt: skip
     g.add_argument("--max-examples", type=positive_int, default=None,
                    help="use only the first N examples")
-    g.add_argument("--standardize", choices=("none", "mean", "pixel"), default="none",
-                   help="centre the data (by its mean value, or by the mean example: "
-                        "pixel) and scale it to unit std for training; recorded in the "
-                        "run and undone on every output (default none: the data as "
-                        "loaded, in [-1, 1] for images)")  # fmt: skip
+    g.add_argument("--transform", choices=TRANSFORMS, default="auto",
+                   help="how the data are mapped to the model's space; recorded in the "
+                        "run and undone on every output. logit: images in [-1, 1] "
+                        "through logit(0.05 + 0.9 u), then centred by the mean example "
+                        "and scaled to unit std (samples stay within [-1.11, 1.11]); "
+                        "pixel / mean: centre by the mean example / mean value and "
+                        "scale to unit std; none: the data as loaded (default auto: "
+                        "logit for images, none for vectors)")  # fmt: skip
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -172,10 +176,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="MLP width / U-Net base channels")
     g.add_argument("--net-depth", type=positive_int, default=None,
                    help="MLP hidden layers / U-Net levels")
-    g.add_argument("--param", choices=PARAMS, default="noise",
-                   help="parametrisation of the score (default noise)")
-    g.add_argument("--loss", choices=LOSSES, default="dsm",
-                   help="dsm (sigma^2 weighting) or dsm_likelihood (default dsm)")
+    g.add_argument("--param", choices=PARAMS, default="edm",
+                   help="parametrisation of the score: edm (Karras et al. 2022 "
+                        "preconditioning, default), noise (epsilon prediction) or score")
+    g.add_argument("--loss", choices=LOSSES, default="auto",
+                   help="denoising score matching weighted by sigma^2 (dsm), by EDM's "
+                        "lambda (dsm_edm) or for likelihood (dsm_likelihood); default "
+                        "auto: dsm_edm with --param edm, else dsm")
     g.add_argument("--label-dropout", type=probability, default=None,
                    help="probability of replacing a label by the null label while "
                         "training a conditional model, for classifier-free guidance "

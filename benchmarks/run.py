@@ -1,30 +1,155 @@
-"""Run every benchmark in this folder and print their tables.
+"""Run the benchmarks, print their tables, and write the page `docs/benchmarks.md`.
 
-    python benchmarks/run.py            # all of them
-    python benchmarks/run.py sample     # only bench_sample.py (names are substrings)
+    python benchmarks/run.py              # default sizes: about 10 minutes on 2 cores
+    python benchmarks/run.py --full       # larger sizes, the training and sampler tables
+    python benchmarks/run.py sample       # only the benchmarks whose name contains "sample"
 
-Each `bench_*.py` has a `main(argv)` that times sdegen against a baseline measured in
-the same run (this machine is noisy, so only same-run ratios mean anything).
+Every benchmark interleaves its contenders in one process (A, B, A, B, ...; medians)
+and reports ratios to a floor measured in the same run: a hand-written loop, or diffrax
+used directly. Results are saved per platform in `benchmarks/results/<platform>.json`
+(`cpu.json`, `gpu.json`, ...), and the docs page shows every platform measured so far:
+run this script on a machine with an accelerator to fill in its section.
 """
 
-import importlib
+import argparse
+import datetime
+import json
 import pathlib
 import sys
+import time
 
 
 HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(HERE))
 
 
-def main() -> None:
-    sys.path.insert(0, str(HERE))
-    wanted = sys.argv[1:]
-    for path in sorted(HERE.glob("bench_*.py")):
-        name = path.stem
-        if wanted and not any(w in name for w in wanted):
+def _benchmarks(full: bool):
+    """`(name, title, command, thunk)`; each thunk returns `(markdown, data)`."""
+    import bench_adaptive
+    import bench_likelihood
+    import bench_sample
+
+    out = [
+        ("sample", "Fixed-step sampling (Euler–Maruyama) and its memory",
+         "python benchmarks/bench_sample.py",
+         lambda: bench_sample.run(batch=1024, steps=200, rounds=9 if full else 5)),
+        ("adaptive_ode", "Adaptive probability-flow ODE sampling",
+         "python benchmarks/bench_adaptive.py",
+         lambda: bench_adaptive.run_ode(batch=1024, d=2, rounds=9 if full else 5)),
+        ("adaptive_sde", "Adaptive reverse-SDE sampling: the Brownian path's cost",
+         "python benchmarks/bench_adaptive.py",
+         lambda: bench_adaptive.run_sde(batch=256, rounds=5 if full else 3)),
+        ("likelihood", "Exact likelihood", "python benchmarks/bench_likelihood.py",
+         lambda: bench_likelihood.run(batch=256, rounds=7 if full else 5)),
+    ]  # fmt: skip
+    import bench_train
+
+    out.append(("train", "Training: loss and gradient, the step, streamed memory",
+                "python benchmarks/bench_train.py",
+                lambda: bench_train.run(full=full)))  # fmt: skip
+    if full:
+        import bench_samplers
+
+        out.append(("samplers", "Which sampler: quality against NFE on the digits model",
+                    "python benchmarks/bench_samplers.py --run out",
+                    lambda: bench_samplers.run(ROOT / "out")))  # fmt: skip
+    return out
+
+
+def _platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
+
+
+def _describe() -> str:
+    import os
+
+    import jax
+
+    d = jax.devices()[0]
+    return (f"{d.platform} ({d.device_kind}), {os.cpu_count()} CPU cores, JAX "
+            f"{jax.__version__}")  # fmt: skip
+
+
+def write_page() -> None:
+    """Regenerate `docs/benchmarks.md` from every `results/*.json`."""
+    parts = [PAGE_HEAD]
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    for plat in ("cpu", "gpu"):
+        res = results.get(plat)
+        parts.append(f"## {'CPU' if plat == 'cpu' else 'GPU'}\n")
+        if res is None:
+            parts.append(
+                "Not measured yet: no accelerator was available where these "
+                "benchmarks were run. `python benchmarks/run.py` on a machine with "
+                "a GPU fills in this section.\n"
+            )
             continue
-        print(f"\n## {name}\n", flush=True)
-        module = importlib.import_module(name)
-        module.main([])
+        parts.append(f"Measured on {res['machine']}, {res['date']}; the whole run took "
+                     f"{res['wall_s'] / 60:.1f} min.\n")  # fmt: skip
+        for b in res["benchmarks"]:
+            parts.append(f"### {b['title']}\n\n`{b['command']}`\n\n{b['markdown']}\n")
+    PAGE.write_text("\n".join(parts))
+
+
+PAGE_HEAD = """# Benchmarks
+
+Every benchmark compares sdegen against a floor measured **in the same run** — a
+hand-written `jax.jit` + `jax.lax.scan` loop, `diffrax.diffeqsolve` used directly, a
+minimal optax step — because wall-clock numbers on a shared machine mean something only
+as same-run ratios. Contenders are interleaved (A, B, A, B, ...) and medians reported;
+compilation is excluded.
+
+```bash
+python benchmarks/run.py          # default sizes (about 10 minutes on 2 cores)
+python benchmarks/run.py --full   # larger sizes, plus training and the sampler table
+make bench                        # the same as the first line, after installing extras
+```
+
+This page is written by `benchmarks/run.py` from `benchmarks/results/*.json`: the
+numbers below are the output of those runs, not edited by hand.
+"""
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("only", nargs="*", help="run only benchmarks whose name contains these")
+    p.add_argument("--full", action="store_true", help="larger sizes and all tables")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    done = []
+    for name, title, command, thunk in _benchmarks(a.full):
+        if a.only and not any(w in name for w in a.only):
+            continue
+        print(f"\n## {title}\n", flush=True)
+        t1 = time.perf_counter()
+        text, data = thunk()
+        print(text, flush=True)
+        print(f"\n({time.perf_counter() - t1:.0f} s)", flush=True)
+        done.append({"name": name, "title": title, "command": command,
+                     "markdown": text, "data": data})  # fmt: skip
+    wall = time.perf_counter() - t0
+    print(f"\nall benchmarks: {wall / 60:.1f} min", flush=True)
+    if a.no_write or not done:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{_platform()}.json"
+    old = json.loads(path.read_text()) if path.exists() else {"benchmarks": []}
+    keep = [b for b in old["benchmarks"] if b["name"] not in {d["name"] for d in done}]
+    order = [n for n, *_ in _benchmarks(True)]
+    merged = sorted(keep + done, key=lambda b: order.index(b["name"])
+                    if b["name"] in order else len(order))  # fmt: skip
+    res = {"machine": _describe(), "date": datetime.date.today().isoformat(),
+           "wall_s": wall if not a.only else old.get("wall_s", wall),
+           "benchmarks": merged}  # fmt: skip
+    path.write_text(json.dumps(res, indent=1, default=float))
+    write_page()
+    print(f"wrote {path.relative_to(ROOT)} and {PAGE.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -307,13 +307,21 @@ def _save(ckpt_dir: Path, state: TrainState, hparams, history, keep: int) -> Non
             old.unlink(missing_ok=True)
 
 
+# What TrainConfig fields added later meant before they existed: warm-up then a
+# constant learning rate, and a constant EMA decay.
+_LEGACY = {"schedule": "constant", "final_lr_ratio": 0.0, "ema": "constant",
+           "ema_gamma": 6.94}  # fmt: skip
+
+
 def _resume(path: Path, like: TrainState, cfg: TrainConfig, hparams, custom: bool):
     meta = checkpoint_metadata(path)
-    saved = meta.get("hparams", {})
+    saved = {"optimizer": "cfg", **meta.get("hparams", {})}
     saved_cfg = saved.get("train", {})
     free = _RESUMABLE
     if custom or cfg.schedule == "constant":
         free = free + ("num_steps",)
+    # a checkpoint written before a field existed ran with the field's old behaviour
+    saved_cfg = {**_LEGACY, **saved_cfg}
     diffs = [
         f"{k}: {saved_cfg.get(k)!r} -> {v!r}"
         for k, v in cfg.to_dict().items()

@@ -256,7 +256,7 @@ def sample_report(
     *,
     key: Any,
     features: str | Callable[[Any], Any] = "auto",
-    num_splits: int = 5,
+    num_splits: int = 10,
 ) -> dict[str, Any]:
     r"""How close samples are to the data, with the numbers that say how close is
     close: for `metrics.json` and the command line.

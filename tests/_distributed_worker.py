@@ -45,6 +45,7 @@ from sdegen._cli import main as cli_main
 NUM_STEPS = 4
 SDE = sg.VPSDE()
 CFG = sg.TrainConfig(num_steps=NUM_STEPS, batch_size=32, lr=1e-2, warmup=2,
+                     schedule="constant",  # the half run of 2 steps is extended
                      grad_clip=1.0, ema_decay=0.9, seed=3, log_every=1,
                      ckpt_every=None)  # fmt: skip
 DATA = np.asarray(sg.data.eight_gaussians().sample(jr.key(0), 256))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import sdegen as sg
+import sdegen._cli._config as cli_config
 import sdegen._cli._devices as devices
 import sdegen_cli
 from sdegen._cli import build_parser, main
@@ -138,9 +139,14 @@ def test_sample_one_class_with_guidance_export_and_load_model(image_run, capsys)
     # The CLI's guided samples are those of the exported model, key for key (sample i
     # uses jax.random.split(key, n)[i]) ...
     spec = resolve_sampler({"solver": "euler", "sampler": "ode", "sample_steps": 2})
+    # ... mapped back to the data's space by the run's default transform (logit, then
+    # centred and scaled), which the exported file carries.
+    kinds = [t["kind"] for t in meta.transform.to_dict()["transforms"]]
+    assert kinds == ["logit", "affine"]
     again = draw_samples(jr.key(0), meta.sde, model, meta.shape, spec, 3,
                          labels=np.full(3, 3), guidance=2.0)  # fmt: skip
-    np.testing.assert_allclose(x, again, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(x, meta.transform.inverse(again), rtol=1e-6, atol=1e-6)
+    assert np.all(np.abs(x) < 1 + 0.1 / 0.9)  # the logit transform's range
     # The guided score is classifier-free guidance, (1 + W) s(x, y) - W s(x, null).
     t, z = 0.5, jnp.asarray(x[0])
     s = guided(model, 3, 2.0)(t, z)
@@ -162,7 +168,8 @@ def test_inpaint_and_colorize_pass_observations_and_options(image_run, monkeypat
     # the same signature (the samplers themselves are tested in test_inverse.py; a
     # compile of each here would cost tens of seconds): inpaint returns the
     # observation where observed and -0.5 elsewhere, colorize the grey value in every
-    # channel.
+    # channel. The run's transform is replaced by the identity, so that these values
+    # are also those in the data's space.
     import functools
 
     import PIL.Image
@@ -181,6 +188,7 @@ def test_inpaint_and_colorize_pass_observations_and_options(image_run, monkeypat
 
     monkeypatch.setattr(sg, "inpaint", inpaint)
     monkeypatch.setattr(sg, "colorize", colorize)
+    monkeypatch.setattr(cli_config, "build_transform", lambda cfg: None)
     out = image_run["out"]
     held = _held_out(out)[:2]
     common = ["--out", str(out), "--examples", "2", "--sample-steps", "3",
@@ -234,6 +242,8 @@ def test_likelihood_bits_per_dim_of_dequantised_images(image_run, monkeypatch, c
         return jnp.where(inside, -100.0, jnp.nan), None
 
     monkeypatch.setattr(sg, "log_likelihood", log_likelihood)
+    # the model's space is the data's (the transform's Jacobian: test_train.py)
+    monkeypatch.setattr(cli_config, "build_transform", lambda cfg: None)
     out = image_run["out"]
     capsys.readouterr()
     assert main(["likelihood", "--out", str(out), "--num-points", "3", "--solver",
@@ -423,6 +433,7 @@ def test_samples_do_not_depend_on_chunks_or_mesh(image_run):
     x = draw_samples(jr.key(1), run.sde, run.model, run.shape, spec, 16,
                      labels=np.arange(16) % 4, chunk=5, mesh=sg.make_mesh(1))  # fmt: skip
     assert isinstance(x, np.ndarray) and x.shape == (16, 3, 4, 4)
+    x = run.transform.inverse(x)
     np.testing.assert_allclose(x, np.load(image_run["out"] / "samples.npy"), rtol=1e-6,
                                atol=1e-6)  # fmt: skip
     assert np.max(np.abs(x[0] - x[4])) > 1e-3  # same class, other key
@@ -440,7 +451,7 @@ def test_demo_defaults_and_auto_network():
     assert cfg["network"]["net"] == "mlp" and cfg["data"]["shape"] == [1, 8, 8]
     assert cfg["data"]["levels"] == 17 and cfg["data"]["num_classes"] is None
     args = build_parser().parse_args(["train", "--out", "x", "--label-column", "label",
-                                      "--standardize", "pixel"])  # fmt: skip
+                                      "--transform", "pixel"])  # fmt: skip
     data = load_data(data_spec(args))
     from sdegen._cli._data import fit_transform
 

@@ -8,7 +8,6 @@ default sampler of `sdegen sample`).
 """
 
 import argparse
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -108,13 +107,21 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
         "network": {"net": net, "width": int(d["net_width"]),
                     "depth": int(d["net_depth"]), "param": args.param,
                     "sigma_data": round(max(float(np.std(held)), 1e-3), 4)},  # fmt: skip
-        "loss": args.loss,
+        "loss": _loss_name(args.loss, args.param),
         "label_dropout": (DEFAULT_LABEL_DROPOUT if args.label_dropout is None
                           else args.label_dropout) if conditional else None,  # fmt: skip
         "dtype": str(jnp.zeros(()).dtype),
         "train": tcfg.to_dict(),
         "sample": sample,
     }
+
+
+def _loss_name(loss: str, param: str) -> str:
+    """`--loss auto`: EDM's weighting for the EDM parametrisation (its unit-weight
+    loss on the raw network), sigma^2 otherwise."""
+    if loss != "auto":
+        return loss
+    return "dsm_edm" if param == "edm" else "dsm"
 
 
 def hparams(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -159,39 +166,36 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 @dataclass(frozen=True)
 class Loss:
-    """`loss(model, batch, key)` of a run: denoising score matching with σ² or
-    likelihood weighting; for a conditional model, each label is replaced by the null
+    """`loss(model, batch, key)` of a run: denoising score matching with σ², EDM
+    or likelihood weighting; for a conditional model, each label is replaced by the null
     label with probability `label_dropout` (classifier-free guidance training).
     Hashable by value, so the same run's loss reuses a compiled training step."""
 
     sde: Any
-    weighting: str
+    weighting: Any
     p_drop: float
     null: int | None
 
     @classmethod
     def of(cls, cfg: dict[str, Any], sde: Any) -> "Loss":
-        weighting = "likelihood" if cfg["loss"] == "dsm_likelihood" else "sigma2"
+        import sdegen as sg
+
+        weighting: Any = {"dsm": "sigma2", "dsm_likelihood": "likelihood"}.get(
+            cfg["loss"])
+        if cfg["loss"] == "dsm_edm":
+            weighting = sg.EDMWeighting(float(cfg["network"]["sigma_data"]))
         return cls(sde, weighting, float(cfg.get("label_dropout") or 0.0),
                    cfg["data"].get("num_classes"))  # fmt: skip
 
     def __call__(self, model, batch, key):
         import jax.numpy as jnp
-        import jax.random as jr
 
         import sdegen as sg
 
         x, labels = split_batch(batch)
         kw: dict[str, Any] = {}
         if labels is not None:
-            labels = jnp.asarray(labels)
-            if "label_dropout" in inspect.signature(sg.dsm_loss).parameters:
-                # the library's own label dropout
-                kw.update(label_dropout=self.p_drop, null_label=self.null)
-            elif self.p_drop > 0:
-                key, k_drop = jr.split(key)
-                drop = jr.bernoulli(k_drop, self.p_drop, labels.shape)
-                labels = jnp.where(drop, self.null, labels)
-            kw["labels"] = labels
+            kw.update(labels=jnp.asarray(labels), label_dropout=self.p_drop,
+                      null_label=self.null)  # fmt: skip
         return sg.dsm_loss(model, self.sde, jnp.asarray(x), key,
                            weighting=self.weighting, **kw)  # fmt: skip

@@ -178,16 +178,30 @@ def load_data(spec: dict[str, Any], seed: int = 0) -> RunData:
 # ---------------------------------------------------------------- transform
 
 
-def fit_transform(center: str | None, data: RunData):
-    """`--standardize`: an [`sdegen.data.AffineTransform`][] fitted on (up to 2000)
-    training examples that centres the data (`mean`: by the mean value, `pixel`: by
-    the mean example) and scales it to unit standard deviation; `None` for `none`."""
+def fit_transform(kind: str, data: RunData):
+    """`--transform`: the data transform of a new run, fitted on (up to 2000)
+    training examples, or `None` for `none`.
+
+    - `logit` ([`sdegen.data.LogitTransform`][] with $\alpha = 0.05$ on $[-1, 1]$,
+      then centred by the mean example and scaled to unit std): images, whose
+      samples then stay within $(-1.11, 1.11)$ whatever the model;
+    - `pixel` / `mean`: [`sdegen.data.standardize`][] centred by the mean example /
+      the mean value;
+    - `auto`: `logit` for images, `none` for vectors.
+    """
     import jax.random as jr
 
     import sdegen as sg
 
-    if center in (None, "none"):
+    if kind == "auto":
+        kind = "logit" if data.kind == "image" else "none"
+    if kind == "none":
         return None
+    if kind == "logit" and data.kind != "image":
+        raise CLIError(
+            "--transform logit needs images with values in [-1, 1]; use pixel, mean "
+            "or none for vector data."
+        )
     train = data.train
     if callable(train) and not hasattr(train, "select"):  # a toy sampler
         x = np.asarray(train(jr.key(20_000), 2000))
@@ -195,7 +209,11 @@ def fit_transform(center: str | None, data: RunData):
         x, _ = sg.data.to_arrays(train.select(range(min(2000, len(train)))))
     else:
         x = np.asarray(train[0] if isinstance(train, tuple) else train)[:2000]
-    return sg.data.standardize(x, center=center)
+    if kind == "logit":
+        logit = sg.data.LogitTransform(-1.0, 1.0, alpha=0.05)
+        scale = sg.data.standardize(logit.forward(x), center="pixel")
+        return sg.data.ChainTransform((logit, scale))
+    return sg.data.standardize(x, center=kind)
 
 
 def training_source(data: RunData, transform: Any) -> Any:

@@ -59,12 +59,13 @@ def cmd_likelihood(args: argparse.Namespace) -> dict[str, Any]:
         ints = jnp.round((jnp.asarray(x) + 1) / step).astype(jnp.int32)
         x = np.asarray(sg.dequantize(jr.key(args.seed), ints, rng, num_bins=levels,
                                      dtype=jnp.zeros(()).dtype))  # fmt: skip
-    # The model's density is that of y = forward(x); for an affine forward map
-    # y = (x - m) / s, log p(x) = log p(y) - sum log s over the entries.
-    log_jac = 0.0
+    # The model's density is that of y = forward(x):
+    # log p(x) = log p(y) + log |det dy/dx| (the transform's log-det-Jacobian).
+    log_jac = np.zeros(n)
     if run.transform is not None:
+        log_jac = np.asarray(run.transform.log_det_jacobian(np.asarray(x, np.float64),
+                                                            len(data.shape)))  # fmt: skip
         x = np.asarray(run.to_model(x))
-        log_jac = -float(np.sum(np.log(np.broadcast_to(run.transform.scale, data.shape))))
     kwargs = dict(solver=args.solver, rtol=args.rtol, atol=args.atol, trace=trace)
     fn = eqx.Partial(_one_logp, run.sde, run.model, jr.key(args.seed + 1), kwargs)
     t0 = time.perf_counter()

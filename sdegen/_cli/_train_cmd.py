@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
     progress = not args.no_progress
     with flag_names(HF_FLAGS):
         data = load_data(data_spec(args), args.seed)
-    transform = fit_transform(args.standardize, data)
+    transform = fit_transform(args.transform, data)
     cfg = run_config(args, data, transform, demo=demo)
     tcfg = sg.TrainConfig.from_dict(cfg["train"])
     if mesh is not None:
@@ -119,8 +119,9 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
     cond = f", {data.num_classes} classes" if data.num_classes else ""
     say(f"training on {data.name} {shape}{cond} with the {cfg['sde']['class']}, "
         f"{net['net']} ({_num_params(model)} parameters, {net['param']} "
-        f"parametrisation), {tcfg.num_steps} steps of {tcfg.batch_size}; the first "
-        "step compiles")  # fmt: skip
+        f"parametrisation), {tcfg.num_steps} steps of {tcfg.batch_size} on "
+        f"{num_devices(mesh)} device(s); writing to {out}/; the first step "
+        "compiles")  # fmt: skip
     with flag_names({**HF_FLAGS, "batch_size": "--batch-size"}):
         state, history = sg.train(
             model, loss, training_source(data, transform), tcfg,

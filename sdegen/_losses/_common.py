@@ -139,7 +139,3 @@ def drop_labels(labels, drop_keys, label_dropout, null_label):
         return labels
     drop = jax.vmap(lambda k: jr.bernoulli(k, label_dropout))(drop_keys)
     return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
-
-
-def batch_mean(per_example: Array) -> Array:
-    return jnp.mean(per_example)

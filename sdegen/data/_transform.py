@@ -33,9 +33,30 @@ class AbstractDataTransform(eqx.Module):
         """Training space -> data (e.g. on samples)."""
 
     @abc.abstractmethod
+    def log_det_jacobian(self, x: Any, example_ndim: int) -> Any:
+        r"""$\log\lvert\det \partial y/\partial x\rvert$ of `forward` per example,
+        for `x` of shape `(*batch, *example)` with `example_ndim` example axes:
+        shape `batch`. A density $p_Y$ of the model in the training space is the
+        density $p_X(x) = p_Y(y(x))\,\lvert\det\partial y/\partial x\rvert$ of the
+        data, so `log p_X = log p_Y + log_det_jacobian(x)` (bits/dim of the data)."""
+
+    @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description, read back by
         [`sdegen.data.transform_from_dict`][]."""
+
+
+def _sum_example(v: Any, x: Any, example_ndim: int):
+    """`v` (broadcastable to `x`) broadcast to `x` and summed over its last
+    `example_ndim` axes."""
+    xp = _xp(x)
+    if not (isinstance(example_ndim, int) and 0 <= example_ndim <= np.ndim(x)):
+        raise ValueError(
+            f"`example_ndim` must be an int in [0, x.ndim = {np.ndim(x)}], got "
+            f"{example_ndim!r}."
+        )
+    v = xp.broadcast_to(v, np.shape(x))
+    return xp.sum(v, axis=tuple(range(np.ndim(x) - example_ndim, np.ndim(x))))
 
 
 def _as_param(v: Any, name: str) -> np.ndarray:
@@ -81,6 +102,9 @@ class AffineTransform(AbstractDataTransform):
 
     def inverse(self, y):
         return y * _cast(self.scale, y) + _cast(self.shift, y)
+
+    def log_det_jacobian(self, x, example_ndim):
+        return -_sum_example(_xp(x).log(_cast(self.scale, x)), x, example_ndim)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "affine", "shift": self.shift.tolist(),
@@ -139,16 +163,16 @@ class LogitTransform(AbstractDataTransform):
     r"""The logit transform of data bounded in $[a, b]$ (Dinh et al. 2017, RealNVP,
     §4.1; also Glow and FFJORD):
 
-    $$y = \operatorname{logit}ig(lpha + (1 - 2lpha)\,uig),\quad
-    u = rac{x - a}{b - a};\qquad
-    x = a + (b - a)\,rac{\operatorname{sigmoid}(y) - lpha}{1 - 2lpha}.$$
+    $$y = \operatorname{logit}\big(\alpha + (1 - 2\alpha)\,u\big),\quad
+    u = \frac{x - a}{b - a};\qquad
+    x = a + (b - a)\,\frac{\operatorname{sigmoid}(y) - \alpha}{1 - 2\alpha}.$$
 
     A model trained on $y$ (unbounded) gives samples $x$ inside
-    $ig(a - 	frac{lpha}{1 - 2lpha}(b - a),\ b + 	frac{lpha}{1 - 2lpha}(b -
-    a)ig)$ — $(-1.111, 1.111)$ for $[-1, 1]$ and $lpha = 0.05$ — whatever the
+    $\big(a - \tfrac{\alpha}{1 - 2\alpha}(b - a),\ b + \tfrac{\alpha}{1 - 2\alpha}(b -
+    a)\big)$ — $(-1.111, 1.111)$ for $[-1, 1]$ and $\alpha = 0.05$ — whatever the
     model: errors near the ends of the range are squashed by the sigmoid instead of
     spilling beyond them. Values at the ends (the blank pixels of an image) map to
-    $\pm\operatorname{logit}(lpha)$, finite. Usually chained with
+    $\pm\operatorname{logit}(\alpha)$, finite. Usually chained with
     [`sdegen.data.standardize`][] ([`sdegen.data.ChainTransform`][]).
     """
 
@@ -166,20 +190,35 @@ class LogitTransform(AbstractDataTransform):
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"`alpha` must be in (0, 0.5), got {self.alpha!r}.")
 
-    def forward(self, x):
-        if isinstance(x, np.ndarray | np.generic) and (
-            np.any(x < self.low) or np.any(x > self.high)
-        ):
-            raise ValueError(
-                f"LogitTransform: the data must lie in [{self.low}, {self.high}]."
-            )
-        xp = _xp(x)
+    def _p(self, x):
         p = self.alpha + (1 - 2 * self.alpha) * (x - self.low) / (self.high - self.low)
+        if isinstance(x, np.ndarray | np.generic | float | int) and not np.all(
+            (p > 0) & (p < 1)
+        ):
+            margin = self.alpha / (1 - 2 * self.alpha) * (self.high - self.low)
+            raise ValueError(
+                f"LogitTransform: the data must lie in ({self.low - margin:.6g}, "
+                f"{self.high + margin:.6g}) (the range [{self.low}, {self.high}] "
+                f"widened by alpha / (1 - 2 alpha) of its width)."
+            )
+        return p
+
+    def forward(self, x):
+        xp = _xp(x)
+        p = self._p(x)
         return xp.log(p) - xp.log1p(-p)
+
+    def log_det_jacobian(self, x, example_ndim):
+        r"""$\sum_i \log\frac{1 - 2\alpha}{(b - a)\,p_i(1 - p_i)}$ with
+        $p_i = \alpha + (1 - 2\alpha)u_i$."""
+        xp = _xp(x)
+        p = self._p(x)
+        c = math.log((1 - 2 * self.alpha) / (self.high - self.low))
+        return _sum_example(c - xp.log(p) - xp.log1p(-p), x, example_ndim)
 
     def inverse(self, y):
         xp = _xp(y)
-        p = 1 / (1 + xp.exp(-y))
+        p = 0.5 * (1 + xp.tanh(0.5 * y))  # the sigmoid, without overflow
         return self.low + (self.high - self.low) * (p - self.alpha) / (1 - 2 * self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +250,13 @@ class ChainTransform(AbstractDataTransform):
         for t in reversed(self.transforms):
             y = t.inverse(y)
         return y
+
+    def log_det_jacobian(self, x, example_ndim):
+        total = 0.0
+        for t in self.transforms:
+            total = total + t.log_det_jacobian(x, example_ndim)
+            x = t.forward(x)
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "chain", "transforms": [t.to_dict() for t in self.transforms]}
