@@ -212,7 +212,9 @@ def _add_sample_args(p: argparse.ArgumentParser, *, sde_only: bool = False) -> N
                             "(default euler_maruyama)")  # fmt: skip
     else:
         g.add_argument("--solver", default=None,
-                       help="solver name from `sdegen solvers` (default heun)")
+                       help="solver name from `sdegen solvers` (default: dpmpp_2m with 20 "
+                            "steps on the logsnr grid for images, heun with 100 "
+                            "steps for vectors)")  # fmt: skip
         g.add_argument("--sampler", choices=("ode", "sde", "auto"), default=None,
                        help="probability-flow ODE or reverse SDE (default ode; auto: "
                             "the ODE when the solver can)")  # fmt: skip

@@ -8,11 +8,13 @@ as more real data. Every solver runs on the time grid it was designed for
 ([`ADVISE_GRIDS`][]), with `num_steps = NFE // (calls per step)`.
 """
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.random as jr
 import numpy as np
@@ -137,6 +139,15 @@ def advise(
     shape = data.shape[1:]
     ref = data if transform is None else np.asarray(transform(data))
     keys = jr.split(key, num_samples)
+    # The model's weights are an argument of the compiled sampler, not constants
+    # folded into it (XLA would spend seconds constant-folding every layer).
+    params, static = eqx.partition(score, eqx.is_array)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def fn(params, which, keys):
+        run = _sampler(sde, eqx.combine(params, static), shape, *which, args)
+        return jax.vmap(run)(keys)
+
     rows, floor = [], float("nan")
     for name in solvers:
         info = SOLVERS[name]
@@ -146,10 +157,11 @@ def advise(
             if steps < 1:
                 continue
             chunks = [keys[i:i + chunk_size] for i in range(0, num_samples, chunk_size)]
-            fn = jax.jit(jax.vmap(_sampler(sde, score, shape, name, steps, grid, args)))
-            compiled = {c.shape[0]: fn.lower(c).compile() for c in chunks}
+            compiled = {c.shape[0]: fn.lower(params, (name, steps, grid), c).compile()
+                        for c in chunks}  # fmt: skip
             t0 = time.perf_counter()
-            x = np.concatenate([np.asarray(compiled[c.shape[0]](c)) for c in chunks])
+            x = np.concatenate([np.asarray(compiled[c.shape[0]](params, c))
+                                for c in chunks])  # fmt: skip
             seconds = time.perf_counter() - t0  # sampling only, compilation excluded
             if transform is not None:
                 x = np.asarray(transform(x))
