@@ -22,7 +22,7 @@ lint: install
 
 # lint, the whole test suite (slow statistical checks included), and a strict docs build
 test: install lint
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider --durations=25
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d /tmp/sdegen-site
 
 test-fast: install

@@ -98,10 +98,10 @@ def _loss_cases(batch_size):
     ]  # fmt: skip
 
 
-def bench_loss(batch_size, calls, rounds):
+def bench_loss(batch_size, calls, rounds, cases=None):
     rows = []
     sde = sg.VPSDE()
-    for name, model, weighting, batch in _loss_cases(batch_size):
+    for name, model, weighting, batch in _loss_cases(batch_size)[:cases]:
         params, static = eqx.partition(model, eqx.is_inexact_array)
 
         def ours(p, x, k):
@@ -131,10 +131,10 @@ def bench_loss(batch_size, calls, rounds):
 # ---------------------------------------------------------------- 2. the whole step
 
 
-def bench_step(batch_size, calls, rounds):
+def bench_step(batch_size, calls, rounds, cases=None):
     rows = []
     sde = sg.VPSDE()
-    for name, model, weighting, batch in _loss_cases(batch_size):
+    for name, model, weighting, batch in _loss_cases(batch_size)[:cases]:
         loss = lambda m, b, k, w=weighting: sg.dsm_loss(m, sde, b, k, weighting=w)
         cfg = sg.TrainConfig(num_steps=10_000, lr=1e-4, warmup=10, grad_clip=1.0)
         opt = sg.make_optimizer(cfg)
@@ -258,46 +258,60 @@ def bench_memory(steps, factors=(1, 10), sizes=(8, 32)):
     return rows
 
 
+def run(full=False, batch_size=128, calls=20, rounds=None, memory_steps=300,
+        skip=()):
+    """The three benchmarks as `(markdown, data)`. The default (quick) run skips the
+    U-Net, whose compilation alone takes minutes on 2 CPU cores; `full` adds it."""
+    rounds = rounds or (7 if full else 5)
+    platform = jax.devices()[0].platform
+    cases = None if full else 2  # the MLPs only, unless full
+    parts, out = [], {}
+    if "loss" not in skip:
+        rows = bench_loss(batch_size, calls, rounds, cases)
+        parts.append(
+            f"DSM loss + gradient on {platform}, ms per call (median of {rounds} "
+            f"interleaved blocks of {calls} calls)\n\n"
+            "| model | sdegen.dsm_loss | hand-written | ratio |\n| --- | --- | --- | --- |\n"
+            + "\n".join(f"| {n} | {a:.3f} | {b:.3f} | {r:.3f}x |" for n, a, b, r in rows)
+        )  # fmt: skip
+        out["loss"] = rows
+    if "step" not in skip:
+        rows = bench_step(batch_size, calls, rounds, cases)
+        parts.append(
+            f"Training step on {platform}, ms per step (median of {rounds} interleaved "
+            f"blocks of {calls} steps)\n\n"
+            "| model | sdegen make_step | hand-written jit + optax | ratio |\n"
+            "| --- | --- | --- | --- |\n"
+            + "\n".join(f"| {n} | {a:.3f} | {b:.3f} | {r:.3f}x |" for n, a, b, r in rows)
+        )  # fmt: skip
+        out["step"] = rows
+    if "memory" not in skip:
+        rows = bench_memory(memory_steps, sizes=(8, 32) if full else (8,))
+        parts.append(
+            f"Peak resident memory of sdegen.train ({memory_steps} steps of batch 128), "
+            "fresh process each\n\n"
+            "| data | source | RSS before (MiB) | peak RSS (MiB) | growth | anon / "
+            "file-backed RSS at the end (MiB) | time (s) |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(f"| {n} | {m} | {b:.0f} | {p:.0f} | {p - b:.0f} | {a:.0f} / "
+                        f"{f:.0f} | {t:.1f} |" for n, m, b, p, a, f, t in rows)
+        )  # fmt: skip
+        out["memory"] = rows
+    return "\n\n".join(parts), out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also the U-Net, 32x32")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--calls", type=int, default=20, help="calls per timed block")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--memory-steps", type=int, default=300)
     parser.add_argument("--skip", default="", help="comma list of loss,step,memory")
     args = parser.parse_args(argv)
-    skip = set(filter(None, args.skip.split(",")))
-    platform = jax.devices()[0].platform
-    out = {}
-    if "loss" not in skip:
-        rows = bench_loss(args.batch_size, args.calls, args.rounds)
-        print(f"\nDSM loss + gradient on {platform}, ms per call (median of "
-              f"{args.rounds} interleaved blocks of {args.calls} calls)\n")
-        print("| model | sdegen.dsm_loss | hand-written | ratio |")
-        print("| --- | --- | --- | --- |")
-        for name, a, b, r in rows:
-            print(f"| {name} | {a:.3f} | {b:.3f} | {r:.3f}x |")
-        out["loss"] = rows
-    if "step" not in skip:
-        rows = bench_step(args.batch_size, args.calls, args.rounds)
-        print(f"\nTraining step on {platform}, ms per step (median of {args.rounds} "
-              f"interleaved blocks of {args.calls} steps)\n")
-        print("| model | sdegen make_step | hand-written jit + optax | ratio |")
-        print("| --- | --- | --- | --- |")
-        for name, a, b, r in rows:
-            print(f"| {name} | {a:.3f} | {b:.3f} | {r:.3f}x |")
-        out["step"] = rows
-    if "memory" not in skip:
-        rows = bench_memory(args.memory_steps)
-        print(f"\nPeak resident memory of sdegen.train ({args.memory_steps} steps of "
-              "batch 128), fresh process each\n")
-        print("| data | source | RSS before (MiB) | peak RSS (MiB) | growth | anon / "
-              "file-backed RSS at the end (MiB) | time (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for name, mode, before, peak, anon, file, secs in rows:
-            print(f"| {name} | {mode} | {before:.0f} | {peak:.0f} | {peak - before:.0f} "
-                  f"| {anon:.0f} / {file:.0f} | {secs:.1f} |")
-        out["memory"] = rows
+    text, out = run(args.full, args.batch_size, args.calls, args.rounds,
+                    args.memory_steps, set(filter(None, args.skip.split(","))))  # fmt: skip
+    print(text)
     return out
 
 

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.random as jr
 import pytest
@@ -5,6 +7,23 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Most tests compile many small programs and run each briefly: XLA's optimisation
+# passes cost more than they save there (the suite takes ~30% less CPU without them).
+# Tests that run long computations are marked `optimized` and compile with them.
+jax.config.update("jax_disable_most_optimizations", True)
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in subprocesses
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimizations(request):
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture

@@ -124,14 +124,17 @@ def test_reverse_terms_both_time_conventions_agree():
 
 
 def test_every_named_solver_runs(getkey):
+    # One compiled program per solver and kind (a jitted solve, not op-by-op).
     sde, mixture = sg.VESDE(sigma_max=20.0), eight_gaussians()
     score = mixture.score(sde)
     for name, info in sg.SOLVERS.items():
         if info.sde:
-            x = sg.sample_sde(getkey(), sde, score, (2,), name, num_steps=20)
+            x = jax.jit(lambda k, n=name: sg.sample_sde(k, sde, score, (2,), n,
+                                                        num_steps=8))(getkey())
             assert x.shape == (2,) and np.all(np.isfinite(x)), name
         if info.ode:
-            x = sg.sample_ode(getkey(), sde, score, (2,), name, num_steps=20)
+            x = jax.jit(lambda k, n=name: sg.sample_ode(k, sde, score, (2,), n,
+                                                        num_steps=8))(getkey())
             assert x.shape == (2,) and np.all(np.isfinite(x)), name
 
 

@@ -92,6 +92,7 @@ def test_prior(name, getkey):
     assert abs(float(jnp.std(zs)) / s - 1) < 0.02
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("name", sorted(SDES))
 def test_forward_sde_reproduces_marginal(name, getkey):
     """Simulating the forward SDE with diffrax gives the closed-form marginal
@@ -102,9 +103,11 @@ def test_forward_sde_reproduces_marginal(name, getkey):
     n = 4000
 
     def simulate(key):
-        bm = diffrax.VirtualBrownianTree(0.0, sde.T, tol=1e-3, shape=(2,), key=key)
+        # 100 Heun steps: for these linear SDEs the discretisation error of the mean
+        # and std is O(dt^2) ~ 1e-5, far below the Monte-Carlo error (~1.6%).
+        bm = diffrax.VirtualBrownianTree(0.0, sde.T, tol=3e-3, shape=(2,), key=key)
         terms = sg.forward_terms(sde, bm)
-        return diffrax.diffeqsolve(terms, diffrax.Heun(), 0.0, t1, 1e-3, x0).ys[-1]
+        return diffrax.diffeqsolve(terms, diffrax.Heun(), 0.0, t1, t1 / 100, x0).ys[-1]
 
     xs = jax.vmap(simulate)(jr.split(getkey(), n))
     mean, std = sde.marginal(t1, x0)

@@ -561,6 +561,7 @@ def test_train_on_a_one_device_mesh(tmp_path, full_run):
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_learns_eight_gaussians_score():
     """A short run (1500 steps) of an MLP on the 8-Gaussian mixture with the default
     recipe (cosine schedule, EMA with warm-up; the constant schedule of earlier
