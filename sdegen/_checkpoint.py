@@ -11,7 +11,7 @@ File layout (format version 1):
 Every write goes to a temporary file in the destination folder, is flushed to disk,
 and is then moved into place with `os.replace` (atomic on POSIX and Windows), so a
 reader never sees half a file. A process killed during a write leaves its temporary
-file (`.NAME.XXXXXXXX.tmp`) behind; [`sdegen.remove_stray_temp_files`][] deletes
+file (`.NAME.<random>.tmp`) behind; [`sdegen.remove_stray_temp_files`][] deletes
 such files, and [`sdegen.train`][] calls it on its folders when it starts. A file that is truncated or altered anyway (a copy cut
 short, a full disk, bit rot) fails the size or checksum test and raises
 [`sdegen.CheckpointError`][] naming the file, before any deserialisation happens.
@@ -71,7 +71,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def remove_stray_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that [`sdegen.save_checkpoint`][] (or any atomic
     write of sdegen) left in `directory` when its process was killed before the
-    final `os.replace`: files named `.NAME.XXXXXXXX.tmp`. Complete files are never
+    final `os.replace`: files named `.NAME.<random>.tmp`. Complete files are never
     touched. Call it only when no other process is writing to `directory`.
 
     **Returns:** the paths deleted.
