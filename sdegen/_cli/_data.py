@@ -179,7 +179,7 @@ def load_data(spec: dict[str, Any], seed: int = 0) -> RunData:
 
 
 def fit_transform(kind: str, data: RunData):
-    """`--transform`: the data transform of a new run, fitted on (up to 2000)
+    r"""`--transform`: the data transform of a new run, fitted on (up to 2000)
     training examples, or `None` for `none`.
 
     - `logit` ([`sdegen.data.LogitTransform`][] with $\alpha = 0.05$ on $[-1, 1]$,
