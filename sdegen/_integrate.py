@@ -59,13 +59,15 @@ class _ReprValues(eqx.Module):
         fields = []
         for name in self.__dataclass_fields__:
             v = getattr(self, name)
-            if isinstance(v, diffrax.RESULTS):
-                v = RESULTS.promote(v) if not isinstance(v, RESULTS) else v
+            if hasattr(v, "_enumeration") and hasattr(v, "_value"):
+                # a RESULTS item: its message ("successful" for the empty one)
                 try:
-                    fields.append(f"{name}={v._value.item()!r}")
+                    message = v._enumeration[v] if jnp.size(v._value) == 1 else None
+                except Exception:  # traced or batched: shown as its values below
+                    message = None
+                if message is not None:
+                    fields.append(f"{name}={message or 'successful'!r}")
                     continue
-                except Exception:
-                    pass
             fields.append(f"{name}={_value_repr(v)}")
         return f"{type(self).__name__}({', '.join(fields)})"
 

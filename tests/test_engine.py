@@ -200,6 +200,7 @@ def test_stats_print_values():
                              return_stats=True)  # fmt: skip
     text = str(stats)
     assert "nfe=5" in text and "num_steps=5" in text and "i32[" not in text
+    assert "result='successful'" in text
 
 
 def test_grid_brownian_path_increments():
