@@ -26,8 +26,8 @@ from ._solve import finish, is_adaptive, outputs, solve_reverse
 from ._solver_table import solver as get_solver
 
 
-def solve_flow(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_steps, grid, ts,
-         args, save, max_steps, adjoint):  # fmt: skip
+def solve_flow(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_steps,
+               grid, ts, args, save, max_steps, adjoint):  # fmt: skip
     """The probability-flow ODE from T down to eps (`forward=False`) or from eps up to
     T: fixed steps for `num_steps`/`ts` with a solver without error estimate, else
     adaptive."""
@@ -64,6 +64,19 @@ def solve_flow(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_s
     return x, traj, stats, jnp.asarray(span[1], y0.dtype)
 
 
+def _flow_map(fn_name, input_name, sde, score, y, *, forward, solver, return_trajectory,
+              return_stats, throw, **options):  # fmt: skip
+    """The body of `encode` / `decode`: check, solve the flow, one error check."""
+    check_sde(sde)
+    check_score(score)
+    y, bad = check_x_deferred(y, None, input_name)
+    where = describe(fn_name, solver)
+    x, traj, stats, _ = solve_flow(where, sde, score, y, solver=solver, forward=forward,
+                                   save=return_trajectory, **options)  # fmt: skip
+    x = finish(x, stats, where, throw, bad_input=bad, input_name=input_name)
+    return outputs(x, traj, stats, return_trajectory, return_stats)
+
+
 def encode(
     sde: AbstractSDE,
     score: Callable,
@@ -95,16 +108,11 @@ def encode(
     **Returns:** the latent $z$ (shape of `x0`), then the trajectory and statistics if
     asked for.
     """
-    check_sde(sde)
-    check_score(score)
-    x0, bad = check_x_deferred(x0, None, "x0")
-    where = describe("encode", solver)
-    x, traj, stats, _ = solve_flow(where, sde, score, x0, solver=solver, forward=True,
-                             rtol=rtol, atol=atol, eps=eps, num_steps=num_steps,
-                             grid=grid, ts=ts, args=args, save=return_trajectory,
-                             max_steps=max_steps, adjoint=adjoint)  # fmt: skip
-    x = finish(x, stats, where, throw, bad_input=bad, input_name="x0")
-    return outputs(x, traj, stats, return_trajectory, return_stats)
+    return _flow_map("encode", "x0", sde, score, x0, forward=True, solver=solver,
+                     rtol=rtol, atol=atol, eps=eps, num_steps=num_steps, grid=grid,
+                     ts=ts, args=args, max_steps=max_steps, adjoint=adjoint,
+                     return_trajectory=return_trajectory, return_stats=return_stats,
+                     throw=throw)  # fmt: skip
 
 
 def decode(
@@ -135,13 +143,8 @@ def decode(
     **Returns:** $x(\varepsilon)$ (shape of `z`), then the trajectory and statistics if
     asked for.
     """
-    check_sde(sde)
-    check_score(score)
-    z, bad = check_x_deferred(z, None, "z")
-    where = describe("decode", solver)
-    x, traj, stats, _ = solve_flow(where, sde, score, z, solver=solver, forward=False,
-                             rtol=rtol, atol=atol, eps=eps, num_steps=num_steps,
-                             grid=grid, ts=ts, args=args, save=return_trajectory,
-                             max_steps=max_steps, adjoint=adjoint)  # fmt: skip
-    x = finish(x, stats, where, throw, bad_input=bad, input_name="z")
-    return outputs(x, traj, stats, return_trajectory, return_stats)
+    return _flow_map("decode", "z", sde, score, z, forward=False, solver=solver,
+                     rtol=rtol, atol=atol, eps=eps, num_steps=num_steps, grid=grid,
+                     ts=ts, args=args, max_steps=max_steps, adjoint=adjoint,
+                     return_trajectory=return_trajectory, return_stats=return_stats,
+                     throw=throw)  # fmt: skip

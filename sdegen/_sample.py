@@ -283,10 +283,10 @@ def sample_ode(
     shape = check_shape_arg("shape", shape)
     where = describe("sample_ode", solver)
     x_init, _, bad = start(key, sde, shape, x_init)
-    x, traj, stats, t_end = solve_flow(where, sde, score, x_init, solver=solver, forward=False,
-                                 rtol=rtol, atol=atol, eps=eps, num_steps=num_steps,
-                                 grid=grid, ts=ts, args=args, save=return_trajectory,
-                                 max_steps=max_steps, adjoint=None)  # fmt: skip
+    x, traj, stats, t_end = solve_flow(
+        where, sde, score, x_init, solver=solver, forward=False, rtol=rtol, atol=atol,
+        eps=eps, num_steps=num_steps, grid=grid, ts=ts, args=args,
+        save=return_trajectory, max_steps=max_steps, adjoint=None)  # fmt: skip
     x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     if denoise:
         x = tweedie(sde, score, t_end, x, args)

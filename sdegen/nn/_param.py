@@ -128,7 +128,8 @@ class AbstractParametrisation(eqx.Module):
         sde = self._sde_or_raise("denoise")
         x = jnp.asarray(x)
         s = self(t, x, label=label, key=key)
-        return (x + sde._sigma(as_time(t)) ** 2 * s) / sde._alpha(as_time(t))
+        t = as_time(t)
+        return (x + sde._sigma(t) ** 2 * s) / sde._alpha(t)
 
     def eps(
         self,
