@@ -292,8 +292,10 @@ def raise_failure(y: Any, *, nonfinite: Any, t: Any, step_limit: Any = False,
     immediate one when eager) if the input was non-finite, the solve became
     non-finite — the message says non-finite and names `where` (the sampler) and the
     time `t` to three digits — or it hit the step limit."""
-    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in
-                                        (nonfinite, step_limit, bad_input))  # fmt: skip
+    flags = (nonfinite, step_limit, bad_input)
+    if all(is_concrete(v) for v in flags) and not any(np.any(v) for v in flags):
+        return y  # eager and nothing failed: no check to compile and run
+    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in flags)
     bucket = 2 + _time_bucket(jnp.where(nonfinite, t, 0.0))
     index = jnp.where(bad_input, 0, jnp.where(nonfinite, bucket, 1))
     failed = bad_input | nonfinite | step_limit

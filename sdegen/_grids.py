@@ -18,6 +18,7 @@ both ends exact):
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -92,10 +93,14 @@ def time_grid(
     check_positive("rho", rho)
     row = lookup("grid", kind, arg="grid")
     dtype = default_float() if dtype is None else dtype
-    make = row.make()
-    if row.name == "karras":
-        return make(sde, num_steps, eps, dtype, rho)
-    return make(sde, num_steps, eps, dtype)
+    extra = (float(rho),) if row.name == "karras" else ()
+    return _make_grid(row.make(), sde, num_steps, eps, dtype, *extra)
+
+
+@eqx.filter_jit
+def _make_grid(make, sde, num_steps, eps, dtype, *extra):
+    # One compiled program per grid (not one per operation when run eagerly).
+    return make(sde, num_steps, eps, dtype, *extra)
 
 
 def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: Any,

@@ -46,14 +46,25 @@ def mmd(
     $\mathrm{MMD}^2 = \overline{k(x, x')} + \overline{k(y, y')} - 2\,\overline{k(x, y)}$
     with $k(a, b) = \sum_h \exp(-\lVert a - b\rVert^2 / (2h^2))$ summed over
     `bandwidths` (a characteristic kernel, so the population value is 0 iff the
-    distributions agree). Biased V-statistic; $O(nm)$ memory."""
+    distributions agree). Biased V-statistic; $O(nm)$ time, one compiled program, and
+    $O(bm)$ memory (the kernel is summed over blocks of $b = 128$ rows)."""
     x, y = _check_pair(x, y)
+    return _mmd(x, y, tuple(float(h) for h in bandwidths))
 
-    def k(a, b):
-        d2 = jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
-        return sum(jnp.exp(-d2 / (2 * h**2)) for h in bandwidths)
 
-    return jnp.mean(k(x, x)) + jnp.mean(k(y, y)) - 2 * jnp.mean(k(x, y))
+_MMD_BLOCK = 128
+
+
+@eqx.filter_jit
+def _mmd(x, y, bandwidths):
+    def mean_kernel(a, b):
+        def row(ai):
+            d2 = jnp.sum((ai[None, :] - b) ** 2, axis=-1)
+            return sum(jnp.mean(jnp.exp(-d2 / (2 * h**2))) for h in bandwidths)
+
+        return jnp.mean(jax.lax.map(row, a, batch_size=_MMD_BLOCK))
+
+    return mean_kernel(x, x) + mean_kernel(y, y) - 2 * mean_kernel(x, y)
 
 
 def sliced_wasserstein(

@@ -38,16 +38,17 @@ SDES = {
 
 def moment_errors(samples, mixture):
     """Errors of the sample mean, covariance and component fractions against the
-    mixture's exact values."""
-    w, mu, cov = mixture.weights, mixture.means, mixture.covs
-    mean = jnp.sum(w[:, None] * mu, 0)
-    second = jnp.sum(w[:, None, None] * (cov + mu[:, :, None] * mu[:, None, :]), 0)
+    mixture's exact values (in NumPy: a few eager JAX ops per call would each compile)."""
+    w, mu, cov = (np.asarray(a) for a in (mixture.weights, mixture.means, mixture.covs))
+    samples = np.asarray(samples, np.float64)
+    mean = np.sum(w[:, None] * mu, 0)
+    second = np.sum(w[:, None, None] * (cov + mu[:, :, None] * mu[:, None, :]), 0)
     true_cov = second - mean[:, None] * mean[None, :]
-    emp_mean = jnp.mean(samples, 0)
-    emp_cov = jnp.cov(samples.T)
-    frac = sg.metrics.component_fractions(mixture, samples)
+    emp_mean = np.mean(samples, 0)
+    emp_cov = np.cov(samples.T)
+    frac = np.asarray(sg.metrics.component_fractions(mixture, samples))
     return (
-        float(jnp.max(jnp.abs(emp_mean - mean))),
-        float(jnp.max(jnp.abs(emp_cov - true_cov))),
-        float(jnp.max(jnp.abs(frac - w))),
+        float(np.max(np.abs(emp_mean - mean))),
+        float(np.max(np.abs(emp_cov - true_cov))),
+        float(np.max(np.abs(frac - w))),
     )

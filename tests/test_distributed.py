@@ -48,6 +48,13 @@ STEP_TOL = 1e-9
 SAMPLE_TOL = 1e-9
 
 
+def _xla_flags(*flags):
+    """This process's XLA_FLAGS (the suite's compiler settings, tests/conftest.py)
+    without a host device count, plus `flags`."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    return " ".join([*kept, *flags])
+
+
 def _data():
     return np.asarray(sg.data.eight_gaussians().sample(jr.key(0), 256))
 
@@ -74,7 +81,7 @@ def four_devices(tmp_path_factory):
     sg.train(_model(), _loss, _data(), half, ckpt_dir=d / "ckpt1", progress=False)
 
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = _xla_flags("--xla_force_host_platform_device_count=4")
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-W", "error", str(WORKER), str(d)],
@@ -322,6 +329,7 @@ def test_distributed_initialize_validates():
 # ---------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow  # two subprocesses
 def test_two_processes_train_and_sample_as_one_job(tmp_path):
     """Two JAX processes on 127.0.0.1 (one CPU device each, gloo collectives) joined
     by `sdegen.distributed_initialize` train 4 steps with `mesh=make_mesh(2)` and
@@ -338,7 +346,7 @@ def test_two_processes_train_and_sample_as_one_job(tmp_path):
         port = s.getsockname()[1]
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = _xla_flags()  # one device each
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # fmt: skip
     worker = Path(__file__).with_name("_multiprocess_worker.py")

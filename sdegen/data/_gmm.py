@@ -8,6 +8,7 @@ $$p_t = \sum_k w_k\,\mathcal{N}\big(\alpha(t)\mu_k,\ \alpha(t)^2\Sigma_k + \sigm
 so scores, densities and posteriors are available in closed form for testing.
 """
 
+import functools
 import math
 
 import equinox as eqx
@@ -122,11 +123,7 @@ class GaussianMixture(eqx.Module):
         $\mu_k + L_k z$ with $L_k L_k^\top = \Sigma_k$, $z \sim \mathcal{N}(0, I)$."""
         if int(n) != n or n <= 0:
             raise ValueError(f"`n` must be a positive int, got {n!r}.")
-        kc, kz = jr.split(key)
-        comp = jr.categorical(kc, jnp.log(self.weights), shape=(int(n),))
-        chol = jnp.linalg.cholesky(self.covs)
-        z = jr.normal(kz, (int(n), self.dim), self.means.dtype)
-        return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
+        return _sample(self.means, self.covs, self.weights, key, int(n))
 
     def component_log_probs(self, x: Float[ArrayLike, " d"]) -> Float[Array, " K"]:
         r"""$\log w_k + \log\mathcal{N}(x; \mu_k, \Sigma_k)$ for each component."""
@@ -145,9 +142,8 @@ class GaussianMixture(eqx.Module):
     def marginal(self, sde: AbstractSDE, t: RealScalarLike) -> "GaussianMixture":
         r"""The mixture $p_t$ of $x_t$ under `sde`: means $\alpha(t)\mu_k$, covariances
         $\alpha(t)^2\Sigma_k + \sigma(t)^2 I$, same weights."""
-        a, s = sde.alpha(t), sde.sigma(t)
-        eye = jnp.eye(self.dim, dtype=self.covs.dtype)
-        return GaussianMixture(a * self.means, a**2 * self.covs + s**2 * eye[None], self.weights)
+        means, covs = _diffuse(sde, sde._t(t), self.means, self.covs)
+        return GaussianMixture(means, covs, self.weights)
 
     def score(self, sde: AbstractSDE | None = None) -> "GaussianMixtureScore":
         r"""The exact score $\nabla_x \log p_t(x)$ of the mixture diffused by `sde`,
@@ -161,6 +157,28 @@ class GaussianMixture(eqx.Module):
         return NoiseConditionalScore(self)
 
 
+# The helpers below are compiled once per shape (and SDE): called eagerly, e.g. on a
+# batch through `jax.vmap`, they run as one program instead of op by op.
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _sample(means, covs, weights, key, n):
+    kc, kz = jr.split(key)
+    comp = jr.categorical(kc, jnp.log(weights), shape=(n,))
+    chol = jnp.linalg.cholesky(covs)
+    z = jr.normal(kz, (n, means.shape[-1]), means.dtype)
+    return means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
+
+
+@eqx.filter_jit
+def _diffuse(sde, t, means, covs):
+    r"""Means $\alpha(t)\mu_k$ and covariances $\alpha(t)^2\Sigma_k + \sigma(t)^2 I$."""
+    a, s = sde._alpha(t), sde._sigma(t)
+    eye = jnp.eye(means.shape[-1], dtype=covs.dtype)
+    return a * means, a**2 * covs + s**2 * eye[None]
+
+
+@jax.jit
 def _components(means, covs, weights, x):
     r"""Per component: $\log w_k + \log\mathcal{N}(x; \mu_k, \Sigma_k)$ and
     $\Sigma_k^{-1}(x - \mu_k)$.
@@ -179,6 +197,7 @@ def _components(means, covs, weights, x):
     return logpdf + jnp.log(weights), m
 
 
+@jax.jit
 def mixture_score(means, covs, weights, x):
     r"""$\nabla\log\sum_k w_k\mathcal{N}(x;\mu_k,\Sigma_k) =
     -\sum_k r_k(x)\,\Sigma_k^{-1}(x-\mu_k)$, with responsibilities $r_k(x)$."""
@@ -200,9 +219,7 @@ class GaussianMixtureScore(eqx.Module):
             means, covs = m.means, m.covs
         else:
             t = check_time(self.sde, t)
-            a, s = self.sde._alpha(t), self.sde._sigma(t)
-            eye = jnp.eye(m.dim, dtype=m.covs.dtype)
-            means, covs = a * m.means, a**2 * m.covs + s**2 * eye[None]
+            means, covs = _diffuse(self.sde, jnp.asarray(t, m.covs.dtype), m.means, m.covs)
         out = mixture_score(means, covs, m.weights, x.astype(means.dtype))
         return out.astype(jnp.result_type(x, out))
 
