@@ -51,7 +51,7 @@ import sdegen as sg
 NUM_CLASSES = 10
 FULL = dict(steps=6000, sample_steps=500, width=512, classifier_steps=3000,
             per_class=20, show=6, scale=1.0, strong_scale=4.0, w=2.0)  # fmt: skip
-QUICK = dict(steps=20, sample_steps=10, width=32, classifier_steps=10, per_class=1,
+QUICK = dict(steps=20, sample_steps=10, width=32, classifier_steps=2, per_class=1,
              show=1, scale=1.0, strong_scale=4.0, w=2.0)  # fmt: skip
 
 

@@ -239,8 +239,9 @@ def train_classifier(
     opt_state = optimizer.init(params)
     n = data.shape[0]
 
+    # The data are arguments of the compiled loop, not constants folded into it.
     @eqx.filter_jit
-    def run(params, opt_state, key):
+    def run(params, opt_state, key, data, labels):
         def step(carry, k):
             params, opt_state = carry
             kb, kl = jr.split(k)
@@ -257,6 +258,6 @@ def train_classifier(
 
         return jax.lax.scan(step, (params, opt_state), jr.split(key, int(num_steps)))
 
-    (params, _), losses = run(params, opt_state, key)
+    (params, _), losses = run(params, opt_state, key, data, labels)
     return eqx.combine(params, static), losses
 
