@@ -22,6 +22,14 @@ if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     ).strip()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` run first (in their order). pytest-xdist's `worksteal`
+    gives each worker a contiguous share of this order and then moves tests from the
+    end of one worker's queue to the other: with the long tests at the start, the
+    two workers end on short tests and finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(autouse=True)
 def _xla_optimizations(request):
     if request.node.get_closest_marker("optimized") is None:
@@ -45,3 +53,17 @@ def getkey():
 
     return _getkey
 
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A pytest-xdist worker has reported every result by the time it exits; tearing
+    # down its interpreter (thousands of compiled programs) then takes seconds, and
+    # xdist waits for it (up to 10 s) before the session ends. Skip that teardown.
+    import atexit
+    import sys
+
+    def _exit_now():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(_exit_now)

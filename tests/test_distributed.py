@@ -115,10 +115,12 @@ def four_devices(tmp_path_factory):
     return res
 
 
+@pytest.mark.long
 def test_worker_saw_four_devices(four_devices):
     assert four_devices["devices"] == 4
 
 
+@pytest.mark.long
 def test_train_on_four_devices_matches_one(four_devices):
     r = four_devices
     # The comparison is meaningful: the parameters moved by far more than the tolerance.
@@ -134,6 +136,7 @@ def test_train_on_four_devices_matches_one(four_devices):
     assert r["batch_shard_shapes"] == [[8, 2]] * 4
 
 
+@pytest.mark.long
 def test_sharding_errors_are_clear(four_devices):
     r = four_devices
     assert r["step_error"] is not None
@@ -146,6 +149,7 @@ def test_sharding_errors_are_clear(four_devices):
     assert "`chunk_size` 6 is not divisible by the size 4" in r["chunk_error"]
 
 
+@pytest.mark.long
 def test_sharded_sampling_matches_unsharded(four_devices):
     r = four_devices
     assert r["sample_shape"] == [37, 2]
@@ -154,6 +158,7 @@ def test_sharded_sampling_matches_unsharded(four_devices):
     assert r["sample_diff_4"] < SAMPLE_TOL
 
 
+@pytest.mark.long
 def test_sharded_likelihood_matches_batch(four_devices):
     r = four_devices
     assert r["loglik_shape"] == [10]
@@ -163,6 +168,7 @@ def test_sharded_likelihood_matches_batch(four_devices):
     assert r["loglik_nfe_equal"]
 
 
+@pytest.mark.long
 def test_checkpoint_one_device_resumes_on_four(four_devices):
     r = four_devices
     # Steps 1-2 logged on 1 device (restored from the parent's checkpoint), 3-4 on 4.
@@ -172,6 +178,7 @@ def test_checkpoint_one_device_resumes_on_four(four_devices):
     assert r["resume_1_to_4_loss_diff"] < STEP_TOL
 
 
+@pytest.mark.long
 def test_checkpoint_four_devices_resumes_on_one(four_devices):
     r = four_devices
     # sdegen.train resumed the worker's file (its log records say so) ...
@@ -182,6 +189,7 @@ def test_checkpoint_four_devices_resumes_on_one(four_devices):
                                atol=STEP_TOL)  # fmt: skip
 
 
+@pytest.mark.long
 def test_cli_train_on_four_devices(four_devices):
     r = four_devices
     assert r["cli_rc"] == 0, r["cli_err"]
@@ -199,6 +207,7 @@ def test_cli_train_on_four_devices(four_devices):
     assert r["cli_sample_diff"] < SAMPLE_TOL
 
 
+@pytest.mark.long
 def test_cli_batch_not_divisible(four_devices):
     r = four_devices
     assert r["cli_bad_rc"] == 2
@@ -330,6 +339,7 @@ def test_distributed_initialize_validates():
 
 
 @pytest.mark.slow  # two subprocesses
+@pytest.mark.long
 def test_two_processes_train_and_sample_as_one_job(tmp_path):
     """Two JAX processes on 127.0.0.1 (one CPU device each, gloo collectives) joined
     by `sdegen.distributed_initialize` train 4 steps with `mesh=make_mesh(2)` and

@@ -3,6 +3,7 @@ against the exact answers of Gaussian mixtures."""
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -224,14 +225,15 @@ def test_train_classifier_learns_responsibilities(getkey):
 def test_image_classifier_and_loss(getkey):
     clf = sg.TimeClassifier((1, 8, 8), 4, width=8, depth=2, key=getkey())
     x = jr.normal(getkey(), (1, 8, 8))
-    assert clf(0.5, x).shape == (4,)
+    # (compiled: a convolution network run op by op compiles every operation)
+    assert eqx.filter_jit(clf)(0.5, x).shape == (4,)
     batch = jr.normal(getkey(), (6, 1, 8, 8))
     labels = jnp.array([0, 1, 2, 3, 0, 1])
-    loss = sg.classifier_loss(clf, SDE, batch, labels, getkey())
+    loss = eqx.filter_jit(sg.classifier_loss)(clf, SDE, batch, labels, getkey())
     assert loss.shape == () and np.isfinite(float(loss))
     # Guidance through the conv classifier: the gradient has the data's shape.
     guided = sg.classifier_guidance(lambda t, x_: -x_, clf, label=2)
-    assert guided(0.5, x).shape == (1, 8, 8)
+    assert eqx.filter_jit(guided)(0.5, x).shape == (1, 8, 8)
     with pytest.raises(ValueError, match="`labels` must have shape"):
         sg.classifier_loss(clf, SDE, batch, labels[:3], getkey())
     with pytest.raises(ValueError, match="`data_shape` must be"):

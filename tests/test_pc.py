@@ -91,7 +91,6 @@ def test_euler_predictor_equals_sample_sde():
         np.testing.assert_allclose(x, ref, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.optimized
 def test_corrector_earns_its_cost():
     """VE SDE, 10 reverse-diffusion steps: the predictor alone leaves the modes too
     wide; adding a Langevin corrector (3 steps per level) brings the spread to its

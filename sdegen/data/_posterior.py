@@ -18,7 +18,7 @@ from .._checks import check_positive, check_sde, check_time
 from .._custom_types import KeyArray, RealScalarLike
 from .._projections import MatrixOp, as_operator, check_mask, check_obs
 from .._sde import AbstractSDE
-from ._gmm import GaussianMixture, mixture_score
+from ._gmm import GaussianMixture, diffused_mixture_score
 
 
 class MixturePosterior(eqx.Module):
@@ -73,10 +73,10 @@ class MixturePosteriorScore(eqx.Module):
         p = self.posterior
         x = jnp.asarray(x)
         t = check_time(self.sde, t)
+        t = jnp.asarray(t, p.covs.dtype)
         a, s = self.sde._alpha(t), self.sde._sigma(t)
-        eye = jnp.eye(p.means.shape[1], dtype=p.covs.dtype)
-        out = mixture_score(a * p.means, a**2 * p.covs + s**2 * eye[None], p.weights,
-                             x.astype(p.means.dtype))  # fmt: skip
+        out = diffused_mixture_score(p.means, p.covs, p.weights, a, s,
+                                     x.astype(p.means.dtype))  # fmt: skip
         return out.astype(jnp.result_type(x, out))
 
 
