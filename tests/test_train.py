@@ -565,12 +565,13 @@ def test_train_on_a_one_device_mesh(tmp_path, full_run):
 @pytest.mark.long
 @pytest.mark.optimized
 def test_learns_eight_gaussians_score():
-    """A short run (1500 steps) of an MLP (width 64, 3 hidden layers) on the 8-Gaussian mixture with the default
-    recipe (cosine schedule, EMA with warm-up; the constant schedule of earlier
-    versions needed 3000 steps): the learned score is within 25% relative L2 error of
-    the exact score of p_t at t = 0.1, 0.5, 1.0 (measured on 2000 samples of p_t), and
-    ODE samples (Heun, 100 steps) have an MMD to the data of at most 3x the MMD
-    between two independent data sets of the same size plus 0.003. In float32.
+    """A short run (1500 steps) of an MLP (width 64, 3 hidden layers) on the
+    8-Gaussian mixture with the default recipe (cosine schedule, EMA with warm-up;
+    the constant schedule of earlier versions needed 3000 steps): the learned score
+    is within 25% relative L2 error of the exact score of p_t at t = 0.1, 0.5, 1.0
+    (measured on 2000 samples of p_t), and ODE samples (Heun, 100 steps) have an MMD
+    to the data of at most 3x the MMD between two independent data sets of the same
+    size plus 0.003. In float32.
     """
     with jax.enable_x64(False):  # float32, as users train (twice as fast as float64)
         _learns_eight_gaussians_score()
