@@ -7,6 +7,9 @@ streamed data.
    the digits demo (EDM preconditioning, EDM weighting) and a small U-Net.
 2. `sdegen.make_step` (equinox.filter_jit, EMA with warm-up, donation) against a
    minimal hand-written `jax.jit` + optax step on the same model, loss and optimiser.
+   Then the loop: `sdegen.train` (the steps between two log records in one compiled
+   loop) against the same steps as a Python loop of `make_step` calls and a
+   hand-written `jax.lax.scan` of the hand-written step.
 3. Peak resident memory of `sdegen.train` on the digits and on a data set 10x the
    digits (at 8x8 and upsampled to 32x32), streamed from a `datasets.Dataset` saved
    to disk (`sdegen.data.DatasetSource`) against the same data stacked into one
@@ -36,6 +39,8 @@ import numpy as np
 import optax
 
 import sdegen as sg
+from sdegen._batches import iterate_batches
+from sdegen._ema import make_ema
 
 
 def _copy(tree):
@@ -176,6 +181,74 @@ def bench_step(batch_size, calls, rounds, cases=None):
     return rows
 
 
+# ---------------------------------------------------------------- 2b. the loop
+
+
+def bench_loop(batch_size, steps, rounds, cases=None):
+    """`sdegen.train` (`steps` steps between two log records: one compiled loop)
+    against the same steps as a Python loop of `sdegen.make_step` calls (one dispatch
+    per step, as `train` ran before) and a hand-written `jax.lax.scan` of the
+    hand-written step, all on the same data (drawn in the loop for the 2-D sampler,
+    gathered from the array for the digits)."""
+    rows = []
+    sde = sg.VPSDE()
+    cases_ = _loss_cases(batch_size)[:cases]
+    digits = jnp.asarray(sg.data.load_digits()[0].reshape(-1, 64))
+    data_of = {0: sg.data.eight_gaussians_sampler, 1: digits, 2: sg.data.load_digits()[0]}
+    for j, (name, model, weighting, _) in enumerate(cases_):
+        data = data_of[j]
+        loss = lambda m, b, k, w=weighting: sg.dsm_loss(m, sde, b, k, weighting=w)
+        cfg = sg.TrainConfig(num_steps=steps, batch_size=batch_size, lr=1e-4, warmup=10,
+                             grad_clip=1.0, log_every=steps, ckpt_every=None)  # fmt: skip
+        opt = sg.make_optimizer(cfg)
+        ema = make_ema(cfg.ema, cfg.ema_decay, cfg.ema_gamma)  # as sdegen.train's
+
+        def ours():
+            state, _ = sg.train(model, loss, data, cfg, progress=False, ema_loss=False)
+            jax.block_until_ready(state.model)
+
+        step = sg.make_step(loss, opt, ema)
+
+        def per_step():
+            m, e = _copy(model), _copy(model)
+            o = opt.init(eqx.filter(m, eqx.is_inexact_array))
+            batches = iterate_batches(data, batch_size, cfg.seed)
+            for i in range(steps):
+                m, e, o, out = step(m, e, o, next(batches), jr.key(i), step=i)
+            jax.block_until_ready(out)
+
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+
+        @jax.jit
+        def hand_loop(params, key):
+            def body(carry, s):
+                p, e, o = carry
+                k_data, k_loss = jr.split(jr.fold_in(key, s))
+                if callable(data):
+                    batch = data(k_data, batch_size)
+                else:
+                    rows = jr.randint(k_data, (batch_size,), 0, data.shape[0])
+                    batch = data[rows]
+                f = lambda q: hand_dsm(eqx.combine(q, static), sde, weighting, batch, k_loss)
+                value, grads = jax.value_and_grad(f)(p)
+                updates, o = opt.update(grads, o, p)
+                p = optax.apply_updates(p, updates)
+                d = jnp.minimum(cfg.ema_decay, (1 + s) / (10 + s))
+                e = jax.tree_util.tree_map(lambda a, b: d * a + (1 - d) * b, e, p)
+                return (p, e, o), value
+
+            return jax.lax.scan(body, (params, params, opt.init(params)),
+                                jnp.arange(steps))  # fmt: skip
+
+        def theirs():
+            jax.block_until_ready(hand_loop(params, jr.key(0)))
+
+        med = interleave({"sdegen": ours, "per_step": per_step, "hand": theirs}, rounds)
+        rows.append((name, 1e3 * med["sdegen"] / steps, 1e3 * med["per_step"] / steps,
+                     1e3 * med["hand"] / steps, med["sdegen"] / med["hand"]))  # fmt: skip
+    return rows
+
+
 # ---------------------------------------------------------------- 3. memory
 
 
@@ -260,7 +333,7 @@ def bench_memory(steps, factors=(1, 10), sizes=(8, 32)):
 
 def run(full=False, batch_size=128, calls=20, rounds=None, memory_steps=300,
         skip=()):
-    """The three benchmarks as `(markdown, data)`. The default (quick) run skips the
+    """The four benchmarks as `(markdown, data)`. The default (quick) run skips the
     U-Net, whose compilation alone takes minutes on 2 CPU cores; `full` adds it."""
     rounds = rounds or (7 if full else 5)
     platform = jax.devices()[0].platform
@@ -285,6 +358,18 @@ def run(full=False, batch_size=128, calls=20, rounds=None, memory_steps=300,
             + "\n".join(f"| {n} | {a:.3f} | {b:.3f} | {r:.3f}x |" for n, a, b, r in rows)
         )  # fmt: skip
         out["step"] = rows
+    if "loop" not in skip:
+        steps = 10 * calls
+        rows = bench_loop(batch_size, steps, rounds, cases)
+        parts.append(
+            f"Training loop on {platform}, ms per step (median of {rounds} interleaved "
+            f"runs of {steps} steps, compiled before)\n\n"
+            "| model | sdegen.train | make_step per step | hand-written lax.scan | "
+            "ratio train / scan |\n| --- | --- | --- | --- | --- |\n"
+            + "\n".join(f"| {n} | {a:.3f} | {b:.3f} | {c:.3f} | {r:.3f}x |"
+                        for n, a, b, c, r in rows)
+        )  # fmt: skip
+        out["loop"] = rows
     if "memory" not in skip:
         rows = bench_memory(memory_steps, sizes=(8, 32) if full else (8,))
         parts.append(
@@ -307,7 +392,7 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=20, help="calls per timed block")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--memory-steps", type=int, default=300)
-    parser.add_argument("--skip", default="", help="comma list of loss,step,memory")
+    parser.add_argument("--skip", default="", help="comma list of loss,step,loop,memory")
     args = parser.parse_args(argv)
     text, out = run(args.full, args.batch_size, args.calls, args.rounds,
                     args.memory_steps, set(filter(None, args.skip.split(","))))  # fmt: skip

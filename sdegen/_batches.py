@@ -1,11 +1,19 @@
 """Where [`sdegen.train`][] gets the batch of step $s$: a pure function of the run's
 data key and $s$, for an array, an `(x, labels)` pair, a
 [`sdegen.data.DatasetSource`][] (streamed from a `datasets.Dataset`), or a sampler
-`f(key, n)`."""
+`f(key, n)`.
 
+Two ways to read the same batches: `data_source` gives `batch(s)` on the host, one
+step at a time; `chunked_source` gives the batches of a run of steps to a compiled
+multi-step loop (`sdegen._train._steps`): a host part (`host(s0, k)`, e.g. the rows of
+steps $s_0 \\ldots s_0 + k - 1$) and a traced part (`pick(chunk, i, s)`, the batch of
+step $s = s_0 + i$ inside the loop)."""
+
+import abc
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -13,6 +21,12 @@ import numpy as np
 
 from ._checks import check_int, error_if_not_finite
 from .data._source import DatasetSource
+
+
+# A chunk of streamed batches is stacked on the host and sent whole: at most this many
+# bytes (and at most `MAX_CHUNK` steps) per chunk.
+_STREAM_CHUNK_BYTES = 32 * 2**20
+MAX_CHUNK = 1024
 
 
 def _epoch_permutation(key, epoch: int, n: int) -> np.ndarray:
@@ -29,17 +43,21 @@ def _check_size(n: int, batch_size: int) -> None:
         )
 
 
-def data_source(data: Any, batch_size: int, key: Any) -> Callable[[int], Any]:
-    """`batch(step)` for `data` (see [`sdegen.train`][]). Epoch $e$ of an array or a
-    `DatasetSource` of $N$ examples is the permutation
-    `jax.random.permutation(fold_in(key, e), N)` cut into $\\lfloor N/B\\rfloor$
-    batches (the remainder is left out)."""
-    batch_size = check_int("batch_size", batch_size)
+class _Data(NamedTuple):
+    """`data` checked: `sampler` (a function), `array` (`x` and optional `labels`,
+    on the device) or `stream` (a `DatasetSource`)."""
+
+    kind: str
+    x: Any  # the sampler, the array or the DatasetSource
+    labels: Any = None
+
+
+def _checked(data: Any, batch_size: int) -> _Data:
     if isinstance(data, DatasetSource):
-        return _streamed(data, batch_size, key)
+        _check_size(len(data), batch_size)
+        return _Data("stream", data)
     if callable(data):
-        draw = jax.jit(lambda k: jnp.asarray(data(k, batch_size)))
-        return lambda s: draw(jr.fold_in(key, s))
+        return _Data("sampler", data)
     labels = None
     if isinstance(data, tuple):
         if len(data) != 2:
@@ -69,42 +87,149 @@ def data_source(data: Any, batch_size: int, key: Any) -> Callable[[int], Any]:
                 f"`labels` must be integers of shape ({n},) to match `data`, got "
                 f"{labels.dtype} of shape {labels.shape}."
             )
-    per_epoch = n // batch_size
-    cache: dict[int, Any] = {}
-
-    def batch(s: int):
-        epoch, i = divmod(s, per_epoch)
-        if epoch not in cache:
-            cache.clear()
-            # Gathered once per epoch on the device.
-            perm = jnp.asarray(_epoch_permutation(key, epoch, n)[: per_epoch * batch_size])
-            xs = data[perm].reshape(per_epoch, batch_size, *data.shape[1:])
-            ys = None if labels is None else labels[perm].reshape(per_epoch, batch_size)
-            cache[epoch] = (xs, ys)
-        xs, ys = cache[epoch]
-        return xs[i] if ys is None else (xs[i], ys[i])
-
-    return batch
+    return _Data("array", data, labels)
 
 
-def _streamed(source: DatasetSource, batch_size: int, key) -> Callable[[int], Any]:
-    n = len(source)
-    _check_size(n, batch_size)
+def _rows_of_step(key, n: int, batch_size: int) -> Callable[[int], np.ndarray]:
+    """`rows(s)`: the rows of batch `s`. Epoch $e$ of $N$ examples is the permutation
+    `jax.random.permutation(fold_in(key, e), N)` cut into $\\lfloor N/B\\rfloor$
+    batches (the remainder is left out)."""
     per_epoch = n // batch_size
     cache: dict[int, np.ndarray] = {}
 
-    def batch(s: int):
+    def rows(s: int) -> np.ndarray:
         epoch, i = divmod(s, per_epoch)
         if epoch not in cache:
             cache.clear()
-            cache[epoch] = _epoch_permutation(key, epoch, n)
-        idx = cache[epoch][i * batch_size : (i + 1) * batch_size]
-        out = source.batch(idx)
-        if isinstance(out, tuple):
-            return jnp.asarray(out[0]), jnp.asarray(out[1])
-        return jnp.asarray(out)
+            cache[epoch] = _epoch_permutation(key, epoch, n).astype(np.int32)
+        return cache[epoch][i * batch_size : (i + 1) * batch_size]
 
-    return batch
+    return rows
+
+
+def _stream_batch(source: DatasetSource, rows: np.ndarray) -> Any:
+    out = source.batch(rows)
+    if isinstance(out, tuple):
+        return np.asarray(out[0]), np.asarray(out[1])
+    return np.asarray(out)
+
+
+def data_source(data: Any, batch_size: int, key: Any) -> Callable[[int], Any]:
+    """`batch(step)` for `data` (see [`sdegen.train`][]), one step at a time."""
+    batch_size = check_int("batch_size", batch_size)
+    d = data if isinstance(data, _Data) else _checked(data, batch_size)
+    if d.kind == "sampler":
+        draw = jax.jit(lambda k: jnp.asarray(d.x(k, batch_size)))
+        return lambda s: draw(jr.fold_in(key, s))
+    rows = _rows_of_step(key, len(d.x), batch_size)
+    if d.kind == "stream":
+        return lambda s: jax.tree_util.tree_map(jnp.asarray, _stream_batch(d.x, rows(s)))
+    gather = _FromRows(d.x, d.labels)
+    return lambda s: _gather(gather, jnp.asarray(rows(s)))
+
+
+@eqx.filter_jit
+def _gather(pick, rows):
+    return pick(rows[None], 0, None)
+
+
+# ---------------------------------------------------------------- chunks of steps
+
+
+class AbstractPick(eqx.Module):
+    """The batch of step `s` (the `i`-th of its chunk) inside the compiled loop."""
+
+    @abc.abstractmethod
+    def __call__(self, chunk: Any, i: Any, s: Any) -> Any:
+        raise NotImplementedError
+
+
+class _FromSampler(AbstractPick):
+    sample: Callable  # a function (static) or a module (its arrays traced)
+    batch_size: int = eqx.field(static=True)
+    key: Any
+
+    def __call__(self, chunk, i, s):
+        return jnp.asarray(self.sample(jr.fold_in(self.key, s), self.batch_size))
+
+
+class _FromRows(AbstractPick):
+    x: Any
+    labels: Any
+
+    def __call__(self, chunk, i, s):
+        rows = chunk[i]
+        return self.x[rows] if self.labels is None else (self.x[rows], self.labels[rows])
+
+
+class _FromStack(AbstractPick):
+    def __call__(self, chunk, i, s):
+        return jax.tree_util.tree_map(lambda a: a[i], chunk)
+
+
+class Chunks(NamedTuple):
+    """`pick` (traced), `stack(s0, k)` (the chunk's input: the batches of steps s0 ..
+    s0+k-1 stacked, padded to `size` steps) and `size`, the most steps of a chunk."""
+
+    pick: AbstractPick
+    stack: Callable[[int, int], Any]
+    size: int
+
+
+def _padded(parts: list[np.ndarray], size: int) -> np.ndarray:
+    out = np.zeros((size, *parts[0].shape), parts[0].dtype)
+    out[: len(parts)] = parts
+    return out
+
+
+def _chunk_size(batch: Any) -> int:
+    """Steps per chunk: stacked batches of at most `_STREAM_CHUNK_BYTES` (in the
+    dtypes JAX will hold them in) and at most `MAX_CHUNK` steps."""
+    nbytes = sum(int(np.size(a)) * jnp.dtype(jax.dtypes.canonicalize_dtype(a.dtype)).itemsize
+                 for a in jax.tree_util.tree_leaves(batch))  # fmt: skip
+    return int(np.clip(_STREAM_CHUNK_BYTES // max(nbytes, 1), 1, MAX_CHUNK))
+
+
+def chunked_source(data: Any, batch_size: int, key: Any) -> Chunks:
+    """The batches of `data_source(data, batch_size, key)`, for runs of steps in one
+    compiled loop. Arrays and streamed data both give stacked batches (gathered on the
+    device, or read on the host), so the loop is one program for both and a run on a
+    `DatasetSource` repeats the run on the array bit for bit."""
+    batch_size = check_int("batch_size", batch_size)
+    d = data if isinstance(data, _Data) else _checked(data, batch_size)
+    if d.kind == "sampler":
+        return Chunks(_FromSampler(d.x, batch_size, key), lambda s0, k: None, MAX_CHUNK)
+    rows = _rows_of_step(key, len(d.x), batch_size)
+    if d.kind == "array":
+        gather = _FromRows(d.x, d.labels)
+        size = _chunk_size(_gather_shape(gather, batch_size))
+
+        def gathered(s0, k):
+            rows_k = _padded([rows(s) for s in range(s0, s0 + k)], size)
+            return _gather_chunk(gather, jnp.asarray(rows_k))
+
+        return Chunks(_FromStack(), gathered, size)
+    size = _chunk_size(_stream_batch(d.x, rows(0)))
+
+    def stacked(s0, k):
+        batches = [_stream_batch(d.x, rows(s)) for s in range(s0, s0 + k)]
+        return jax.tree_util.tree_map(lambda *b: _padded(list(b), size), *batches)
+
+    return Chunks(_FromStack(), stacked, size)
+
+
+def _gather_shape(gather: _FromRows, batch_size: int) -> Any:
+    return jax.eval_shape(lambda: gather(jnp.zeros((1, batch_size), jnp.int32), 0, None))
+
+
+@eqx.filter_jit
+def _gather_chunk(gather, rows):
+    return jax.vmap(lambda r: gather(r[None], 0, None))(rows)
+
+
+def checked_data(data: Any, batch_size: int) -> _Data:
+    """`data` checked once, for both `data_source` and `chunked_source`."""
+    return _checked(data, check_int("batch_size", batch_size))
 
 
 def iterate_batches(data: Any, batch_size: int, seed: int = 0) -> Iterator[Any]:

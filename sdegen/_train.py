@@ -19,6 +19,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import optax
 
@@ -193,11 +194,7 @@ def make_step(
     return step
 
 
-@eqx.filter_jit(donate="all-except-first")
-def _step(batch_key_step, model, ema_model, opt_state, loss_fn, optimizer, ema):
-    # Module level, with the loss, optimiser and EMA schedule as static arguments, so
-    # that repeated `train` calls with the same loss and config reuse the compilation.
-    batch, key, s = batch_key_step
+def _step_maths(batch, key, s, model, ema_model, opt_state, loss_fn, optimizer, ema):
     loss, grads = eqx.filter_value_and_grad(loss_fn)(model, batch, key)
     params = eqx.filter(model, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -206,6 +203,41 @@ def _step(batch_key_step, model, ema_model, opt_state, loss_fn, optimizer, ema):
         ema_model = ema_update(ema_model, model, ema.decay(s))
     stats = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return model, ema_model, opt_state, stats
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _step(batch_key_step, model, ema_model, opt_state, loss_fn, optimizer, ema):
+    # Module level, with the loss, optimiser and EMA schedule as static arguments, so
+    # that repeated `train` calls with the same loss and config reuse the compilation.
+    batch, key, s = batch_key_step
+    return _step_maths(batch, key, s, model, ema_model, opt_state, loss_fn, optimizer,
+                       ema)  # fmt: skip
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _steps(chunk_in, model, ema_model, opt_state, loss_fn, optimizer, ema):
+    r"""Steps $s_0, \ldots, s_0 + k - 1$ in one compiled loop: step $s$ uses the key
+    `fold_in(step_key, s)` and the batch `pick(chunk, i, s)` ($i = s - s_0$), as
+    `train` does step by step. $k$ is traced (a `fori_loop` with a dynamic trip
+    count), so one compilation serves every chunk up to `size` steps; the losses and
+    gradient norms come back in buffers of `size` entries, the first $k$ filled."""
+    pick, chunk, step_key, s0, k, size = chunk_in
+    arrays, static = eqx.partition((model, ema_model, opt_state), eqx.is_array)
+
+    def body(i, carry):
+        arrays, losses, norms = carry
+        m, e, o = eqx.combine(arrays, static)
+        s = s0 + i
+        m, e, o, stats = _step_maths(pick(chunk, i, s), jr.fold_in(step_key, s), s, m,
+                                     e, o, loss_fn, optimizer, ema)  # fmt: skip
+        arrays = eqx.filter((m, e, o), eqx.is_array)
+        return (arrays, losses.at[i].set(stats["loss"]),
+                norms.at[i].set(stats["grad_norm"]))  # fmt: skip
+
+    zeros = jnp.zeros((size,), jnp.result_type(float))
+    arrays, losses, norms = jax.lax.fori_loop(0, k, body, (arrays, zeros, zeros))
+    model, ema_model, opt_state = eqx.combine(arrays, static)
+    return model, ema_model, opt_state, {"loss": losses, "grad_norm": norms}
 
 
 def _train_step(loss_fn, optimizer, ema) -> Callable:

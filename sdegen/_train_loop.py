@@ -14,7 +14,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from ._batches import data_source
+from ._batches import checked_data, chunked_source, data_source
 from ._checkpoint import (
     _json_default,
     atomic_write_json,
@@ -42,7 +42,7 @@ from ._train import (
     TrainState,
     _copy_arrays,
     _sharded_train_step,
-    _train_step,
+    _steps,
 )
 
 
@@ -73,6 +73,13 @@ def train(
     a per-epoch permutation; for a sampler `f(key, n)`, `f(fold_in(key(seed) ⋯), n)`.
     The EMA decay of step $s$ is that of `cfg.ema` at $s$. A resumed run therefore
     repeats the uninterrupted one exactly.
+
+    On one device the steps between two log records, checkpoints or evaluations run
+    in one compiled loop (one dispatch for up to 1024 steps, not one per step, which
+    makes small models several times faster): a sampler draws its batches inside the
+    loop; array and `DatasetSource` batches are stacked for it (on the device or read
+    on the host, at most 32 MiB per call), so both give the same run bit for bit. With
+    `mesh`, every step is one call of [`sdegen.sharded_step`][].
 
     Every `cfg.log_every` steps a record `{step, loss, ema_loss, lr, grad_norm,
     steps_per_s, num_devices}` is made: `loss` and `grad_norm` are means over the
@@ -151,7 +158,8 @@ def train(
     num_devices = 1 if mesh is None else int(mesh.devices.size)
     root = jr.key(cfg.seed)
     step_root, data_root = jr.fold_in(root, 0), jr.fold_in(root, 1)
-    batch_at = data_source(data, cfg.batch_size, data_root)
+    checked = checked_data(data, cfg.batch_size)
+    batch_at = data_source(checked, cfg.batch_size, data_root)
     custom = optimizer is not None
     schedule = None if custom else make_schedule(cfg)
     optimizer = optimizer if custom else make_optimizer(cfg)
@@ -181,13 +189,16 @@ def train(
 
     model, ema_model, opt_state = state.model, state.ema_model, state.opt_state
     if mesh is None:
-        step_fn = _train_step(loss_fn, optimizer, ema)
+        run_steps, max_chunk = _chunk_runner(loss_fn, optimizer, ema, checked,
+                                             cfg.batch_size, data_root, step_root)  # fmt: skip
     else:
-        step_fn = _sharded_train_step(loss_fn, optimizer, ema, mesh)
+        run_steps = _step_runner(_sharded_train_step(loss_fn, optimizer, ema, mesh),
+                                 batch_at, step_root)  # fmt: skip
+        max_chunk = cfg.num_steps
         model, ema_model, opt_state = replicate((model, ema_model, opt_state), mesh)
     ema_eval = _ema_evaluator(loss_fn, batch_at, root, mesh) if ema_loss else None
     losses = list(state.losses)
-    pending: list[Any] = []
+    pending: list[Any] = []  # (stats, number of steps) of the chunks not yet read
     screen = Progress(progress, cfg.num_steps, min(start, cfg.num_steps))
     t_start = time.perf_counter()
     t_log, s_log = t_start, start
@@ -195,25 +206,36 @@ def train(
 
     def snapshot(s):
         # `to_host`, not `device_get`: replicated values on several hosts.
-        stats = to_host(pending)
-        losses.extend(float(st["loss"]) for st in stats)
+        norms = []
+        for stats, k in to_host(pending):
+            losses.extend(float(v) for v in np.ravel(stats["loss"])[:k])
+            norms.extend(float(v) for v in np.ravel(stats["grad_norm"])[:k])
         pending.clear()
         state = TrainState(model, ema_model, opt_state, s,
                            np.asarray(losses, np.float64))  # fmt: skip
-        return state, [float(st["grad_norm"]) for st in stats]
+        return state, norms
+
+    events = [cfg.log_every]
+    if ckpt_dir is not None and cfg.ckpt_every is not None:
+        events.append(cfg.ckpt_every)
+    if eval_fn is not None and cfg.eval_every is not None:
+        events.append(cfg.eval_every)
 
     try:
-        for s in range(start, cfg.num_steps):
-            model, ema_model, opt_state, stats = step_fn(
-                model, ema_model, opt_state, batch_at(s), jr.fold_in(step_root, s),
-                jnp.asarray(s, jnp.int32),
-            )
-            pending.append(stats)
+        s = start
+        while s < cfg.num_steps:
+            # The steps up to the next log, checkpoint, evaluation or the end run in
+            # one call (the first step alone: its time is the compilation's).
+            done = min([cfg.num_steps, s + max_chunk if compile_s is not None else s + 1,
+                        *((s // e + 1) * e for e in events)])  # fmt: skip
+            model, ema_model, opt_state, stats = run_steps(model, ema_model, opt_state, s,
+                                                           done - s)  # fmt: skip
+            pending.append((stats, done - s))
+            s = done
             if compile_s is None:
                 jax.block_until_ready(stats)
                 compile_s = time.perf_counter() - t_start
                 screen.compiled(compile_s)
-            done = s + 1
             last = done == cfg.num_steps
             is_log = done % cfg.log_every == 0 or last
             is_ckpt = ckpt_dir is not None and (
@@ -269,6 +291,38 @@ def train(
     history["wall_time_s"] = wall
     history["steps_per_s"] = (state.step - start) / wall if wall > 0 else 0.0
     return state, history
+
+
+def _chunk_runner(loss_fn, optimizer, ema, data, batch_size, data_root, step_root):
+    """`(run, size)`: `run(model, ema_model, opt_state, s0, k)` runs steps s0 .. s0+k-1
+    in one compiled loop (`sdegen._train._steps`), for `k` up to `size`."""
+    chunks = chunked_source(data, batch_size, data_root)
+
+    def run(model, ema_model, opt_state, s0, k):
+        chunk_in = (chunks.pick, chunks.stack(s0, k), step_root,
+                    jnp.asarray(s0, jnp.int32), jnp.asarray(k, jnp.int32), chunks.size)  # fmt: skip
+        return _steps(chunk_in, model, ema_model, opt_state, loss_fn, optimizer, ema)
+
+    return run, chunks.size
+
+
+def _step_runner(step_fn, batch_at, step_root):
+    """`run(model, ema_model, opt_state, s0, k)` one step (one call of `step_fn`) at a
+    time; the stats stacked."""
+
+    def run(model, ema_model, opt_state, s0, k):
+        stats = []
+        for s in range(s0, s0 + k):
+            model, ema_model, opt_state, st = step_fn(
+                model, ema_model, opt_state, batch_at(s), jr.fold_in(step_root, s),
+                jnp.asarray(s, jnp.int32),
+            )
+            stats.append(st)
+        return model, ema_model, opt_state, {
+            name: [st[name] for st in stats] for name in ("loss", "grad_norm")
+        }
+
+    return run
 
 
 def _scalars(d: dict[str, Any]) -> dict[str, Any]:

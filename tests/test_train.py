@@ -533,6 +533,40 @@ def test_transform_log_det_jacobian_is_autodiff():
 # ---------------------------------------------------------------- a mesh of one device
 
 
+def test_chunks_of_any_size_give_the_same_run(monkeypatch):
+    # Between two records the steps run in one compiled loop of at most MAX_CHUNK
+    # steps (the first step alone); smaller chunks give the same run, to rounding
+    # (float64, 1e-12 against changes of ~1e-2), for an array and for a sampler.
+    cfg = _cfg(CONST, num_steps=7, log_every=7)
+    chunks = []
+    steps = sg._train_loop._steps
+
+    def spy(chunk_in, *args):
+        chunks.append(int(chunk_in[4]))
+        return steps(chunk_in, *args)
+
+    monkeypatch.setattr(sg._train_loop, "_steps", spy)
+
+    def run(data):
+        state, _ = sg.train(MODEL, loss_fn, data, cfg, progress=False, ema_loss=False)
+        return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(
+            (state.model, state.ema_model, state.opt_state), eqx.is_array))] + [
+            state.losses]  # fmt: skip
+
+    sources = (DATA, sg.data.eight_gaussians_sampler)
+    whole = [run(d) for d in sources]
+    assert chunks == [1, 6] * 2
+    chunks.clear()
+    monkeypatch.setattr(sg._batches, "MAX_CHUNK", 3)
+    for d, ref in zip(sources, whole):
+        for a, b in zip(run(d), ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    assert chunks == [1, 3, 3] * 2
+    # Streamed batches are stacked on the host: at most _STREAM_CHUNK_BYTES a chunk.
+    monkeypatch.setattr(sg._batches, "_STREAM_CHUNK_BYTES", 3 * 16 * 2 * 8)
+    assert sg._batches._chunk_size((np.zeros((16, 2)), np.zeros(16, np.int32))) == 2
+
+
 def test_train_on_a_one_device_mesh(tmp_path, full_run):
     # `mesh=` on one device: the sharded step follows the plain one (same global
     # batches and keys; float64 rounding only, 1e-12 against changes of ~1e-2), and
