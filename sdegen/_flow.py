@@ -8,6 +8,7 @@ from typing import Any
 
 import diffrax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import (
     check_eps,
@@ -21,6 +22,7 @@ from ._checks import (
 )
 from ._custom_types import DataLike, RealScalarLike
 from ._grids import resolve_grid
+from ._misc import is_concrete
 from ._sde import AbstractSDE
 from ._solve import finish, is_adaptive, outputs, solve_reverse
 from ._solver_table import solver as get_solver
@@ -51,7 +53,9 @@ def solve_flow(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_s
                 ts = ts[::-1]
         x, traj, stats = solve_reverse(None, sde, score, y0, solver, stochastic=False,
                                        ts=ts.astype(y0.dtype), args=args, save=save)  # fmt: skip
-        return x, traj, stats, ts[-1]
+        # the last time, read on the host when concrete (eager indexing compiles)
+        t_end = jnp.asarray(np.asarray(ts)[-1], y0.dtype) if is_concrete(ts) else ts[-1]
+        return x, traj, stats, t_end
     check_tols(rtol, atol)
     t_lo = eps if ts is None else (ts[0] if forward else ts[-1])
     span = (t_lo, sde.T) if forward else (sde.T, t_lo)

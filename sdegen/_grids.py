@@ -111,7 +111,8 @@ def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: A
     if ts is not None:
         ts = check_grid(sde, ts, decreasing=True)
         return ts.astype(dtype)
-    if is_concrete(eps):
-        with jax.ensure_compile_time_eval():
-            return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
-    return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
+    ts = time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
+    if is_concrete(ts) or not is_concrete(eps):
+        return ts  # eager (one compiled program), or a traced eps
+    with jax.ensure_compile_time_eval():  # under an outer jit
+        return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)

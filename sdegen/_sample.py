@@ -125,7 +125,7 @@ def sample_sde(
         x, traj, stats = solve_reverse(k_noise, sde, score, x_init, solver,
                                        stochastic=True, ts=grid_ts, args=args,
                                        save=return_trajectory)  # fmt: skip
-        t_end = grid_ts[-1]
+        t_end = grid_ts[-1] if denoise else None  # (indexing eagerly compiles)
     else:
         if not is_adaptive(solver):
             raise ValueError(

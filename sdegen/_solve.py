@@ -131,9 +131,16 @@ def finish(x: Any, stats: SolveStats, where: str, throw: bool, *,
     an adaptive solve."""
     if not throw:
         return x
-    nonfinite = stats.result == RESULTS.nonfinite_state
-    step_limit = (stats.result != RESULTS.successful) & ~nonfinite
-    return raise_failure(x, nonfinite=nonfinite, t=stats.t_failed, step_limit=step_limit,
+    return _check_result(x, stats.result, stats.t_failed, bad_input, where, input_name)
+
+
+@eqx.filter_jit
+def _check_result(x, result, t_failed, bad_input, where, input_name):
+    # One compiled check: called eagerly (or under an eager `vmap`), op-by-op dispatch
+    # would compile a dozen one-operation programs for every new shape.
+    nonfinite = result == RESULTS.nonfinite_state
+    step_limit = (result != RESULTS.successful) & ~nonfinite
+    return raise_failure(x, nonfinite=nonfinite, t=t_failed, step_limit=step_limit,
                          bad_input=bad_input, where=where, input_name=input_name)  # fmt: skip
 
 
@@ -170,8 +177,20 @@ def start(key: KeyArray, sde: AbstractSDE, shape: Any, x_init: Any) -> tuple[Any
     """`(x_init, noise_key, bad_input)`: the prior draw from `split(key)[0]` unless
     `x_init` is given (then checked: its shape now, its finiteness now or, when traced,
     as the flag `bad_input` for `finish`), and the key of the noise."""
-    k_prior, k_noise = jr.split(key)
     if x_init is None:
-        return sde.prior_sample(k_prior, shape), k_noise, False
+        x_init, k_noise = _prior_draw(key, sde, tuple(shape))
+        return x_init, k_noise, False
     x_init, bad = check_x_deferred(x_init, shape, "x_init")
-    return x_init, k_noise, bad
+    return x_init, _noise_key(key), bad
+
+
+@eqx.filter_jit
+def _prior_draw(key, sde, shape):
+    # Compiled: eagerly (or under an eager `vmap`) one program, not one per operation.
+    k_prior, k_noise = jr.split(key)
+    return sde.prior_sample(k_prior, shape), k_noise
+
+
+@eqx.filter_jit
+def _noise_key(key):
+    return jr.split(key)[1]

@@ -1,44 +1,29 @@
-"""Worker for tests/test_distributed.py, run in a subprocess whose environment sets
-`XLA_FLAGS=--xla_force_host_platform_device_count=4` and `JAX_PLATFORMS=cpu` before
-JAX is imported (the device count cannot change once JAX has started).
+"""The 4-device half of tests/test_distributed.py, run in the test process, which has
+4 CPU devices (`--xla_force_host_platform_device_count=4`, set by tests/conftest.py
+before JAX starts: the device count cannot change once JAX has started).
 
-    python tests/_distributed_worker.py DIR
-
-The parent (one device) has written DIR/ckpt1 with `sdegen.train` (2 steps). Here,
-on 4 devices: `sdegen.train(..., mesh=make_mesh(4))` against `sdegen.train` on one
-device (4 steps); its checkpoint at step 2 (DIR/ckpt4), which the parent resumes
-with `sdegen.train` on one device; DIR/ckpt1 resumed by `sdegen.train` on 4
-devices; sharded sampling and likelihoods against unsharded ones; the error
-messages; and `sdegen train --devices 4` end to end (DIR/cli).
-
-Prints one line `RESULT <json>` with the measured differences.
+`run(folder)`: the parent (on its default device) has written folder/ckpt1 with
+`sdegen.train` (2 steps). Here, on 4 devices: `sdegen.train(..., mesh=make_mesh(4))`
+against `sdegen.train` on one device (4 steps); its checkpoint at step 2
+(folder/ckpt4), which the parent resumes with `sdegen.train` on one device; folder/ckpt1
+resumed by `sdegen.train` on 4 devices; sharded sampling and likelihoods against
+unsharded ones; the error messages; and `sdegen train --devices 4` end to end
+(folder/cli). Returns a dict of the measured differences.
 """
 
 import contextlib
 import io
 import json
 import os
-import sys
 import time
 
-
-DIR = sys.argv[1]
-
-import jax
-import jaxtyping
-
-
-jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-with jaxtyping.install_import_hook(["sdegen"], "beartype.beartype"):
-    import sdegen as sg
-
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+import sdegen as sg
 from sdegen._cli import main as cli_main
 
 
@@ -93,24 +78,24 @@ def cli(*argv):
     return rc, err.getvalue()
 
 
-def main():
-    out = {}
+def run(folder):
+    out = {"devices": jax.device_count()}
     tick = time.perf_counter()
     mesh = sg.make_mesh(4)
 
     # 1. sdegen.train on 4 devices == sdegen.train on 1 device (the default device
     # of this process), same config. The 4-device run also checkpoints at step 2
-    # (DIR/ckpt4; the parent resumes it on one device).
+    # (folder/ckpt4; the parent resumes it on one device).
     single, _ = sg.train(make_model(), loss_fn, DATA, CFG, progress=False)
     sharded, hist4 = sg.train(make_model(), loss_fn, DATA, cfg_with(ckpt_every=2),
-                              ckpt_dir=os.path.join(DIR, "ckpt4"), mesh=mesh,
+                              ckpt_dir=os.path.join(folder, "ckpt4"), mesh=mesh,
                               progress=False)  # fmt: skip
     out["step_param_diff"] = max_diff(train_state_arrays(single),
                                       train_state_arrays(sharded))  # fmt: skip
     out["step_loss_diff"] = float(np.max(np.abs(single.losses - sharded.losses)))
     out["num_losses"] = [len(single.losses), len(sharded.losses)]
     out["train_log_devices"] = [r["num_devices"] for r in hist4["log"]]
-    out["ckpt4_names"] = sorted(os.listdir(os.path.join(DIR, "ckpt4")))
+    out["ckpt4_names"] = sorted(os.listdir(os.path.join(folder, "ckpt4")))
     init = arrays(make_model())
     out["param_change"] = max(float(np.max(np.abs(a - b)))
                               for a, b in zip(arrays(single.model), init))  # fmt: skip
@@ -124,7 +109,7 @@ def main():
     # 2. A checkpoint written by sdegen.train on 1 device (by the parent, step 2)
     # resumed by sdegen.train on 4 devices.
     resumed, hist14 = sg.train(make_model(), loss_fn, DATA, CFG,
-                               ckpt_dir=os.path.join(DIR, "ckpt1"), mesh=mesh,
+                               ckpt_dir=os.path.join(folder, "ckpt1"), mesh=mesh,
                                progress=False)  # fmt: skip
     out["resume_1_to_4_log"] = [[r["step"], r["num_devices"]] for r in hist14["log"]]
     out["resume_1_to_4_diff"] = max_diff(train_state_arrays(single),
@@ -140,7 +125,7 @@ def main():
     out["step_error"] = error_of(lambda: sstep(sharded.model, sharded.ema_model,
                                                sharded.opt_state, DATA[:10],
                                                jr.key(0)))  # fmt: skip
-    bad_dir = os.path.join(DIR, "bad")
+    bad_dir = os.path.join(folder, "bad")
     out["train_error"] = error_of(lambda: sg.train(
         make_model(), loss_fn, DATA, cfg_with(batch_size=10), ckpt_dir=bad_dir,
         mesh=mesh, progress=False))  # fmt: skip
@@ -178,7 +163,7 @@ def main():
     # 6. The command line on 4 devices: a short run end to end, its samples against
     # `sdegen sample` of the same checkpoint on one device, and the error for a
     # batch size that does not divide over the devices.
-    run = os.path.join(DIR, "cli")
+    run = os.path.join(folder, "cli")
     tiny = ("--dataset", "moons", "--quick", "--no-progress", "--steps", "8",
             "--num-samples", "12", "--sample-steps", "4")  # fmt: skip
     rc, err = cli("train", *tiny, "--out", run, "--devices", "4")
@@ -197,7 +182,7 @@ def main():
     out["cli_sample_rc"] = rc1
     out["cli_sample_shapes"] = [list(samples4.shape), list(samples1.shape)]
     out["cli_sample_diff"] = float(np.max(np.abs(samples4 - samples1)))
-    bad_run = os.path.join(DIR, "cli_bad")
+    bad_run = os.path.join(folder, "cli_bad")
     rc, err = cli("train", *tiny, "--out", bad_run, "--devices", "4",
                   "--batch-size", "10")  # fmt: skip
     out["cli_bad_rc"], out["cli_bad_err"] = rc, err
@@ -208,8 +193,3 @@ def main():
 
 def _sample_one(model, key):
     return sg.sample_sde(key, SDE, model, (2,), "euler_maruyama", num_steps=16)
-
-
-if __name__ == "__main__":
-    result = {"devices": jax.device_count(), **main()}
-    print("RESULT " + json.dumps(result), flush=True)

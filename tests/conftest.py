@@ -16,10 +16,16 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in subproces
 # ones, with no difference in the results or the speed of these small programs; the
 # suite is compile-bound. Set before the first computation starts XLA, and inherited
 # by subprocesses.
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"]
-    ).strip()
+#
+# Four CPU devices, for the data-parallel checks of tests/test_distributed.py (the
+# count is fixed when JAX starts); every other test runs on the default device, as
+# before (no slower: measured on test_pc.py + test_discrete.py).
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_cpu_use_fusion_emitters" not in _flags:
+    _flags += " --xla_cpu_use_fusion_emitters=false"
+if "xla_force_host_platform_device_count" not in _flags:
+    _flags += " --xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 
 def pytest_collection_modifyitems(config, items):

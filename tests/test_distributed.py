@@ -2,11 +2,11 @@
 chunked sampling and likelihoods, checkpoints across device counts, `sdegen train
 --devices`, error messages.
 
-The 4-device checks run in a subprocess (tests/_distributed_worker.py) started with
-`XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu`, because the
-number of host devices is fixed when JAX starts. This process has one CPU device: it
-writes the 1-device checkpoint that the worker's `sdegen.train` resumes on 4 devices,
-and resumes the worker's 4-device checkpoint with `sdegen.train` on one device.
+The test processes have 4 CPU devices (`--xla_force_host_platform_device_count=4`,
+set in tests/conftest.py before JAX starts); every other test uses the default one.
+The 4-device checks are tests/_distributed_worker.py; this module writes the
+checkpoint (on one device) that the worker's `sdegen.train` resumes on 4 devices, and
+resumes the worker's 4-device checkpoint with `sdegen.train` on one device.
 
 Tolerances (float64): the sharded step differs from the single-device one only by
 the order of the gradient's summation over the batch, i.e. by rounding, ~1e-16
@@ -18,7 +18,6 @@ we allow 1e-9 (samples are O(1); the command line's untrained 8-step model gives
 samples of O(100), still far above the tolerance's relative rounding).
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -35,36 +34,30 @@ import pytest
 import sdegen as sg
 from sdegen._train import iterate_batches
 
+from ._distributed_worker import (
+    CFG,
+    DATA,
+    NUM_STEPS,
+    SDE,
+    loss_fn as _loss,
+    make_model as _model,
+    run as run_four_devices,
+)
 
-WORKER = Path(__file__).with_name("_distributed_worker.py")
-NUM_STEPS = 4
-SDE = sg.VPSDE()
-# Must match tests/_distributed_worker.py.
-CFG = sg.TrainConfig(num_steps=NUM_STEPS, batch_size=32, lr=1e-2, warmup=2,
-                     schedule="constant",  # the half run of 2 steps is extended
-                     grad_clip=1.0, ema_decay=0.9, seed=3, log_every=1,
-                     ckpt_every=None)  # fmt: skip
+
 STEP_TOL = 1e-9
 SAMPLE_TOL = 1e-9
 
 
-def _xla_flags(*flags):
+def _xla_flags():
     """This process's XLA_FLAGS (the suite's compiler settings, tests/conftest.py)
-    without a host device count, plus `flags`."""
+    without the host device count."""
     kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    return " ".join([*kept, *flags])
+    return " ".join(kept)
 
 
 def _data():
-    return np.asarray(sg.data.eight_gaussians().sample(jr.key(0), 256))
-
-
-def _model():
-    return sg.nn.NoiseParam(sg.nn.MLP(2, 16, 2, embed_dim=8, key=jr.key(1)), SDE)
-
-
-def _loss(model, batch, key):
-    return sg.dsm_loss(model, SDE, batch, key)
+    return DATA
 
 
 def _arrays(tree):
@@ -80,20 +73,8 @@ def four_devices(tmp_path_factory):
     half = sg.TrainConfig.from_dict({**CFG.to_dict(), "num_steps": 2})
     sg.train(_model(), _loss, _data(), half, ckpt_dir=d / "ckpt1", progress=False)
 
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = _xla_flags("--xla_force_host_platform_device_count=4")
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(WORKER), str(d)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert len(lines) == 1, proc.stdout[-3000:]
-    res = json.loads(lines[0][len("RESULT ") :])
+    assert jax.device_count() == 4, "tests/conftest.py sets 4 host devices"
+    res = run_four_devices(d)
 
     # The 4-device run's step-2 checkpoint, alone in a folder, resumed on 1 device;
     # against the uninterrupted 1-device run.
