@@ -51,8 +51,7 @@ class DiscreteVPSDE(AbstractSDE):
 
     def __init__(self, alphas_cumprod: Float[ArrayLike, " N"]):
         abar = _check_alphas_cumprod(alphas_cumprod)
-        zero = jnp.zeros((1,), abar.dtype)
-        self.log_alpha = jnp.concatenate([zero, 0.5 * jnp.log(abar)])
+        self.log_alpha = _log_alpha(abar)
         self.T = float(abar.shape[0])
 
     def _segment(self, t):
@@ -82,6 +81,12 @@ class DiscreteVPSDE(AbstractSDE):
     @property
     def prior_std(self) -> float:
         return 1.0
+
+
+@eqx.filter_jit
+def _log_alpha(abar):
+    # Compiled: eagerly one program, not one per operation.
+    return jnp.concatenate([jnp.zeros((1,), abar.dtype), 0.5 * jnp.log(abar)])
 
 
 DiscreteVPSDE.__init__.__doc__ = r"""**Arguments:**
@@ -144,6 +149,11 @@ def _check_alphas_cumprod(a) -> Array:
     return a
 
 
+@eqx.filter_jit
+def _alphas_cumprod(betas):
+    return jnp.exp(jnp.cumsum(jnp.log1p(-betas)))
+
+
 def _run(key, eps_model, abar, shape, steps, solver, stochastic, x_init, args,
          return_trajectory, return_stats, throw, where):  # fmt: skip
     """Run `solver` from step `steps[0]` through `steps[1:]` and on to clean data."""
@@ -151,7 +161,8 @@ def _run(key, eps_model, abar, shape, steps, solver, stochastic, x_init, args,
     shape = check_shape_arg("shape", shape)
     sde = DiscreteVPSDE(abar)
     x_init, k_noise, bad = start(key, sde, shape, x_init)
-    ts = jnp.concatenate([jnp.asarray(steps, x_init.dtype) + 1, jnp.zeros((1,), x_init.dtype)])
+    # the steps' times n + 1, then 0 (computed on the host: `steps` is a NumPy array)
+    ts = jnp.asarray(np.append(np.asarray(steps) + 1, 0).astype(x_init.dtype))
     x, traj, stats = solve_reverse(k_noise, sde, EpsScore(eps_model, sde), x_init, solver,
                                    stochastic=stochastic, ts=ts, args=args,
                                    save=return_trajectory)  # fmt: skip
@@ -277,7 +288,7 @@ def ddpm_sample(
     """
     betas = _check_betas(betas)
     kind = lookup("variance", variance, arg="variance").make()
-    abar = jnp.exp(jnp.cumsum(jnp.log1p(-betas)))
+    abar = _alphas_cumprod(betas)
     steps = np.arange(betas.shape[0] - 1, -1, -1)
     return _run(key, eps_model, abar, shape, steps, Ancestral(kind), True, x_init, args,
                 return_trajectory, return_stats, throw, "ddpm_sample")  # fmt: skip

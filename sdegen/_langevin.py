@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -181,24 +182,31 @@ def annealed_langevin(
     steps_per_level = check_int("steps_per_level", steps_per_level)
     check_positive("step_lr", step_lr)
     dtype = default_float() if x_init is None else as_float_array(x_init, "x_init").dtype
-    sigmas = sigmas.astype(dtype)
-    # The chain starts at a nominal time above sigma_1 (the grid's first point): the
-    # corrector then runs at sigma_1, ..., sigma_L, one level per engine step.
-    above = sigmas[0] * (sigmas[0] / sigmas[1]) if sigmas.shape[0] > 1 else 2 * sigmas[0]
-    ts = jnp.concatenate([above[None], sigmas])
+    ts, above, last, prior, k_noise = _ladder_and_prior(key, sigmas.astype(dtype), shape)
     sde = EDMSDE(T=above)
-    k_prior, k_noise = jr.split(key)
     bad = False
     if x_init is None:
-        x_init = sigmas[0] * jr.normal(k_prior, shape, dtype)
+        x_init = prior
     else:
         x_init, bad = check_x_deferred(x_init, shape, "x_init")
-    corrector = AnnealedLangevinCorrector(step_lr, sigmas[-1], steps_per_level)
+    corrector = AnnealedLangevinCorrector(step_lr, last, steps_per_level)
     solver = PredictorCorrector(None, corrector)
     x, traj, stats = solve_reverse(k_noise, sde, score_sigma, x_init, solver,
                                    stochastic=True, ts=ts, args=args,
                                    save=return_trajectory)  # fmt: skip
     x = finish(x, stats, "annealed_langevin", throw, bad_input=bad, input_name="x_init")
     if denoise:
-        x = tweedie(sde, score_sigma, sigmas[-1], x, args)
+        x = tweedie(sde, score_sigma, last, x, args)
     return outputs(x, traj, stats, return_trajectory, return_stats)
+
+
+@eqx.filter_jit
+def _ladder_and_prior(key, sigmas, shape):
+    """`(ts, ts[0], sigma_L, prior draw, noise key)`, in one compiled program. The chain starts
+    at a nominal time above sigma_1 (the grid's first point): the corrector then runs
+    at sigma_1, ..., sigma_L, one level per engine step."""
+    above = sigmas[0] * (sigmas[0] / sigmas[1]) if sigmas.shape[0] > 1 else 2 * sigmas[0]
+    ts = jnp.concatenate([above[None], sigmas])
+    k_prior, k_noise = jr.split(key)
+    prior = sigmas[0] * jr.normal(k_prior, shape, sigmas.dtype)
+    return ts, above, sigmas[-1], prior, k_noise

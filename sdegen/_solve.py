@@ -147,11 +147,15 @@ def _check_result(x, result, t_failed, bad_input, where, input_name):
 def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None) -> Any:
     r"""Tweedie's denoiser $\mathbb{E}[x_0 \mid x_t] = (x_t + \sigma(t)^2\nabla\log
     p_t(x_t)) / \alpha(t)$."""
+    return _tweedie(sde, score, jnp.asarray(t, x.dtype), x, args)
+
+
+@eqx.filter_jit
+def _tweedie(sde, score, t, x, args):
+    # Compiled: eagerly (or under an eager `vmap`) one program, not one per operation.
     from ._terms import ScoreDrift
 
-    drift = ScoreDrift(sde, score, 1.0)
-    t = jnp.asarray(t, x.dtype)
-    return drift.denoise(t, x, args)
+    return ScoreDrift(sde, score, 1.0).denoise(t, x, args)
 
 
 # ---------------------------------------------------------------- entry-point helpers
