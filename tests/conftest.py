@@ -9,7 +9,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Most tests compile many small programs and run each briefly: XLA's optimisation
 # passes cost more than they save there (the suite takes ~30% less CPU without them).
-# Tests that run long computations are marked `optimized` and compile with them.
+# Long-running programs compile with them inside `tests.helpers.xla_optimizations()`.
 jax.config.update("jax_disable_most_optimizations", True)
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in subprocesses
 # XLA's CPU fusion emitters (MLIR) take about twice as long to compile as the classic
@@ -34,18 +34,6 @@ def pytest_collection_modifyitems(config, items):
     end of one worker's queue to the other: with the long tests at the start, the
     two workers end on short tests and finish together."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
-
-
-@pytest.fixture(autouse=True)
-def _xla_optimizations(request):
-    if request.node.get_closest_marker("optimized") is None:
-        yield
-        return
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Problems with known answers, shared by the tests."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,18 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8):
     return jax.tree_util.tree_all(
         jax.tree_util.tree_map(lambda a, b: jnp.allclose(a, b, rtol=rtol, atol=atol), x, y)
     )
+
+
+@contextlib.contextmanager
+def xla_optimizations():
+    """Compile with XLA's optimisations inside the block (tests/conftest.py turns them
+    off: most tests compile many small programs and run each briefly). For programs
+    that run long, e.g. a training loop of thousands of steps."""
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 def eight_gaussians():

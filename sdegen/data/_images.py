@@ -6,8 +6,10 @@ DDPM and score_sde), plus integer labels when there are any. Data sets too large
 memory come through [`sdegen.data.load_hf`][] instead.
 """
 
+import importlib.util
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -42,18 +44,31 @@ def load_digits(
     **Returns:** `(images, labels)` of shapes `(1797, 1, 8, 8)` and `(1797,)`, the
     labels being the digits 0–9.
     """
-    try:
-        from sklearn.datasets import load_digits as _sk_load_digits
-    except ImportError:
+    pixels, target = _digits_table()
+    images = pixels.reshape(-1, 1, 8, 8) / 8.0 - 1.0
+    dtype = default_float() if dtype is None else dtype
+    return jnp.asarray(images, dtype), jnp.asarray(target, jnp.int32)
+
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """`(pixels (1797, 64), labels)` from scikit-learn's `digits.csv.gz`, read as
+    `sklearn.datasets.load_digits` reads it (one row per image: 64 intensities, then
+    the label) but without importing scikit-learn (seconds), which ships the file."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
         raise ImportError(
             "the embedded digits ship with scikit-learn, which is not installed; "
             "install the data extra: pip install 'sdegen[data]'."
-        ) from None
+        )
+    for root in spec.submodule_search_locations or ():
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits as sk_load_digits  # another layout
 
-    bunch = _sk_load_digits()
-    images = np.asarray(bunch.images, dtype=np.float64)[:, None] / 8.0 - 1.0
-    dtype = default_float() if dtype is None else dtype
-    return jnp.asarray(images, dtype), jnp.asarray(bunch.target, jnp.int32)
+    bunch = sk_load_digits()
+    return np.asarray(bunch.data, np.float64), np.asarray(bunch.target)
 
 
 # ---------------------------------------------------------------- batching
