@@ -3,11 +3,11 @@ data key and $s$, for an array, an `(x, labels)` pair, a
 [`sdegen.data.DatasetSource`][] (streamed from a `datasets.Dataset`), or a sampler
 `f(key, n)`.
 
-Two ways to read the same batches: `data_source` gives `batch(s)` on the host, one
-step at a time; `chunked_source` gives the batches of a run of steps to a compiled
-multi-step loop (`sdegen._train._steps`): a host part (`host(s0, k)`, e.g. the rows of
-steps $s_0 \\ldots s_0 + k - 1$) and a traced part (`pick(chunk, i, s)`, the batch of
-step $s = s_0 + i$ inside the loop)."""
+Two ways to read the same batches: `data_source` gives `batch(s)`, one step at a time;
+`chunked_source` gives the batches of a run of steps to a compiled multi-step loop
+(`sdegen._train._steps`): `stack(s0, k)`, the batches of steps $s_0 \\ldots s_0 + k - 1$
+stacked (nothing for a sampler, which draws in the loop), and a traced part
+`pick(chunk, i, s)`, the batch of step $s = s_0 + i$ inside the loop."""
 
 import abc
 from collections.abc import Callable, Iterator
@@ -23,9 +23,9 @@ from ._checks import check_int, error_if_not_finite
 from .data._source import DatasetSource
 
 
-# A chunk of streamed batches is stacked on the host and sent whole: at most this many
-# bytes (and at most `MAX_CHUNK` steps) per chunk.
-_STREAM_CHUNK_BYTES = 32 * 2**20
+# The stacked batches of a chunk (gathered on the device from an array, read on the
+# host from a DatasetSource): at most this many bytes, and at most `MAX_CHUNK` steps.
+_STREAM_CHUNK_BYTES = 8 * 2**20
 MAX_CHUNK = 1024
 
 

@@ -202,9 +202,9 @@ def annealed_langevin(
 
 @eqx.filter_jit
 def _ladder_and_prior(key, sigmas, shape):
-    """`(ts, ts[0], sigma_L, prior draw, noise key)`, in one compiled program. The chain starts
-    at a nominal time above sigma_1 (the grid's first point): the corrector then runs
-    at sigma_1, ..., sigma_L, one level per engine step."""
+    """`(ts, ts[0], sigma_L, prior draw, noise key)`, in one compiled program. The
+    chain starts at a nominal time above sigma_1 (the grid's first point): the
+    corrector then runs at sigma_1, ..., sigma_L, one level per engine step."""
     above = sigmas[0] * (sigmas[0] / sigmas[1]) if sigmas.shape[0] > 1 else 2 * sigmas[0]
     ts = jnp.concatenate([above[None], sigmas])
     k_prior, k_noise = jr.split(key)

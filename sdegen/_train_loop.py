@@ -78,7 +78,7 @@ def train(
     in one compiled loop (one dispatch for up to 1024 steps, not one per step, which
     makes small models several times faster): a sampler draws its batches inside the
     loop; array and `DatasetSource` batches are stacked for it (on the device or read
-    on the host, at most 32 MiB per call), so both give the same run bit for bit. With
+    on the host, at most 8 MiB per call), so both give the same run bit for bit. With
     `mesh`, every step is one call of [`sdegen.sharded_step`][].
 
     Every `cfg.log_every` steps a record `{step, loss, ema_loss, lr, grad_norm,

@@ -532,7 +532,7 @@ def test_transform_log_det_jacobian_is_autodiff():
         lg.log_det_jacobian(x, 6)
 
 
-# ---------------------------------------------------------------- a mesh of one device
+# ---------------------------------------------------------------- chunks of steps
 
 
 def test_chunks_of_any_size_give_the_same_run(monkeypatch):
@@ -564,9 +564,12 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
         for a, b in zip(run(d), ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     assert chunks == [1, 3, 3] * 2
-    # Streamed batches are stacked on the host: at most _STREAM_CHUNK_BYTES a chunk.
+    # Stacked batches (of an array or a DatasetSource): at most _STREAM_CHUNK_BYTES.
     monkeypatch.setattr(sg._batches, "_STREAM_CHUNK_BYTES", 3 * 16 * 2 * 8)
     assert sg._batches._chunk_size((np.zeros((16, 2)), np.zeros(16, np.int32))) == 2
+
+
+# ---------------------------------------------------------------- a mesh of one device
 
 
 def test_train_on_a_one_device_mesh(tmp_path, full_run):
