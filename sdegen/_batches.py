@@ -144,8 +144,27 @@ class AbstractPick(eqx.Module):
         raise NotImplementedError
 
 
+class _ByIdentity:
+    """A callable that is a static argument of a compiled function by identity, so
+    that any callable can be one (also one that is not hashable)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __hash__(self) -> int:
+        return id(self.fn)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ByIdentity) and other.fn is self.fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
 class _FromSampler(AbstractPick):
-    sample: Callable  # a function (static) or a module (its arrays traced)
+    sample: Callable  # a module (its arrays traced) or a `_ByIdentity` (static)
     batch_size: int = eqx.field(static=True)
     key: Any
 
@@ -198,7 +217,8 @@ def chunked_source(data: Any, batch_size: int, key: Any) -> Chunks:
     batch_size = check_int("batch_size", batch_size)
     d = data if isinstance(data, _Data) else _checked(data, batch_size)
     if d.kind == "sampler":
-        return Chunks(_FromSampler(d.x, batch_size, key), lambda s0, k: None, MAX_CHUNK)
+        sample = d.x if isinstance(d.x, eqx.Module) else _ByIdentity(d.x)
+        return Chunks(_FromSampler(sample, batch_size, key), lambda s0, k: None, MAX_CHUNK)
     rows = _rows_of_step(key, len(d.x), batch_size)
     if d.kind == "array":
         gather = _FromRows(d.x, d.labels)

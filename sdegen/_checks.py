@@ -285,23 +285,36 @@ def _time_bucket(t: jax.Array) -> jax.Array:
     return jnp.where(t < 10.0**_LOW_DECADE, 0, k)
 
 
-def raise_failure(y: Any, *, nonfinite: Any, t: Any, step_limit: Any = False,
-                  bad_input: Any = False, where: str,
-                  input_name: str = "x") -> Any:  # fmt: skip
-    """Return `y`, raising ONE error (one staged check under `jit`/`vmap`, an
-    immediate one when eager) if the input was non-finite, the solve became
-    non-finite — the message says non-finite and names `where` (the sampler) and the
-    time `t` to three digits — or it hit the step limit."""
-    flags = (nonfinite, step_limit, bad_input)
-    if all(is_concrete(v) for v in flags) and not any(np.any(v) for v in flags):
-        return y  # eager and nothing failed: no check to compile and run
-    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in flags)
+def failure_index(nonfinite: Any, t: Any, step_limit: Any, bad_input: Any) -> tuple[Any, Any]:
+    """`(failed, index)`: whether anything failed, and the message of the failure
+    (see `_failure_messages`): a non-finite input, the solve becoming non-finite at
+    time `t` (bucketed to three digits), or the step limit."""
+    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in
+                                        (nonfinite, step_limit, bad_input))  # fmt: skip
     bucket = 2 + _time_bucket(jnp.where(nonfinite, t, 0.0))
     index = jnp.where(bad_input, 0, jnp.where(nonfinite, bucket, 1))
     failed = bad_input | nonfinite | step_limit
-    index = jnp.max(jnp.where(failed, index, 0))
-    return eqx.branched_error_if(y, jnp.any(failed), index,
-                                 _failure_messages(where, input_name))  # fmt: skip
+    return jnp.any(failed), jnp.max(jnp.where(failed, index, 0))
+
+
+def raise_failure(y: Any, failed: Any, index: Any, *, where: str,
+                  input_name: str = "x") -> Any:  # fmt: skip
+    """Return `y`, raising ONE error if `failed` (from `failure_index`): immediately
+    when eager, as one staged check under `jit`/`vmap`. The message says non-finite
+    and names `where` (the sampler) and the time to three digits, or the step
+    limit."""
+    messages = _failure_messages(where, input_name)
+    if is_concrete(failed):
+        if not bool(failed):
+            return y  # eager and nothing failed
+        return eqx.branched_error_if(y, failed, index, messages)  # raises here
+    return _staged_error_if(y, failed, index, where, input_name)
+
+
+@eqx.filter_jit
+def _staged_error_if(y, failed, index, where, input_name):
+    # Compiled: under an eager `vmap` one program, not one per operation.
+    return eqx.branched_error_if(y, failed, index, _failure_messages(where, input_name))
 
 
 def describe(fn_name: str, solver: Any) -> str:

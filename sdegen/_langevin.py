@@ -182,7 +182,8 @@ def annealed_langevin(
     steps_per_level = check_int("steps_per_level", steps_per_level)
     check_positive("step_lr", step_lr)
     dtype = default_float() if x_init is None else as_float_array(x_init, "x_init").dtype
-    ts, above, last, prior, k_noise = _ladder_and_prior(key, sigmas.astype(dtype), shape)
+    ts, above, last, prior, k_noise = _ladder_and_prior(
+        key, sigmas.astype(dtype), shape if x_init is None else None)
     sde = EDMSDE(T=above)
     bad = False
     if x_init is None:
@@ -202,11 +203,12 @@ def annealed_langevin(
 
 @eqx.filter_jit
 def _ladder_and_prior(key, sigmas, shape):
-    """`(ts, ts[0], sigma_L, prior draw, noise key)`, in one compiled program. The
-    chain starts at a nominal time above sigma_1 (the grid's first point): the
-    corrector then runs at sigma_1, ..., sigma_L, one level per engine step."""
+    """`(ts, ts[0], sigma_L, prior draw (`None` without `shape`), noise key)`, in one
+    compiled program. The chain starts at a nominal time above sigma_1 (the grid's
+    first point): the corrector then runs at sigma_1, ..., sigma_L, one level per
+    engine step."""
     above = sigmas[0] * (sigmas[0] / sigmas[1]) if sigmas.shape[0] > 1 else 2 * sigmas[0]
     ts = jnp.concatenate([above[None], sigmas])
     k_prior, k_noise = jr.split(key)
-    prior = sigmas[0] * jr.normal(k_prior, shape, sigmas.dtype)
+    prior = None if shape is None else sigmas[0] * jr.normal(k_prior, shape, sigmas.dtype)
     return ts, above, sigmas[-1], prior, k_noise

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._brownian import GridBrownianPath
-from ._checks import check_x_deferred, raise_failure
+from ._checks import check_x_deferred, failure_index, raise_failure
 from ._custom_types import KeyArray
 from ._integrate import (
     RESULTS,
@@ -131,17 +131,17 @@ def finish(x: Any, stats: SolveStats, where: str, throw: bool, *,
     an adaptive solve."""
     if not throw:
         return x
-    return _check_result(x, stats.result, stats.t_failed, bad_input, where, input_name)
+    failed, index = _failure(stats.result, stats.t_failed, bad_input)
+    return raise_failure(x, failed, index, where=where, input_name=input_name)
 
 
 @eqx.filter_jit
-def _check_result(x, result, t_failed, bad_input, where, input_name):
-    # One compiled check: called eagerly (or under an eager `vmap`), op-by-op dispatch
+def _failure(result, t_failed, bad_input):
+    # One compiled program: eagerly (or under an eager `vmap`), op-by-op dispatch
     # would compile a dozen one-operation programs for every new shape.
     nonfinite = result == RESULTS.nonfinite_state
     step_limit = (result != RESULTS.successful) & ~nonfinite
-    return raise_failure(x, nonfinite=nonfinite, t=t_failed, step_limit=step_limit,
-                         bad_input=bad_input, where=where, input_name=input_name)  # fmt: skip
+    return failure_index(nonfinite, t_failed, step_limit, bad_input)
 
 
 def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None) -> Any:

@@ -235,7 +235,15 @@ def _steps(chunk_in, model, ema_model, opt_state, loss_fn, optimizer, ema):
                 norms.at[i].set(stats["grad_norm"]))  # fmt: skip
 
     zeros = jnp.zeros((size,), jnp.result_type(float))
-    arrays, losses, norms = jax.lax.fori_loop(0, k, body, (arrays, zeros, zeros))
+    try:
+        arrays, losses, norms = jax.lax.fori_loop(0, k, body, (arrays, zeros, zeros))
+    except TypeError as e:
+        raise TypeError(
+            "A training step changed the dtype or shape of the model, EMA or optimiser "
+            "state (e.g. an optimiser whose float64 updates promote float32 "
+            "parameters); make the updates keep the parameters' dtypes. "
+            f"JAX says: {e}"
+        ) from None
     model, ema_model, opt_state = eqx.combine(arrays, static)
     return model, ema_model, opt_state, {"loss": losses, "grad_norm": norms}
 

@@ -4,6 +4,7 @@ streamed data, data transforms, and learning a known score.
 The tests share one model, loss and (where possible) one config, so that the jitted
 step is compiled once for the module."""
 
+import dataclasses
 import json
 import math
 import struct
@@ -564,9 +565,32 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
         for a, b in zip(run(d), ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     assert chunks == [1, 3, 3] * 2
+    # Any callable is a sampler, also one that is not hashable (a dataclass).
+    @dataclasses.dataclass
+    class Sampler:
+        scale: float
+
+        def __call__(self, key, n):
+            return self.scale * sg.data.eight_gaussians_sampler(key, n)
+
+    for a, b in zip(run(Sampler(1.0)), whole[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     # Stacked batches (of an array or a DatasetSource): at most _STREAM_CHUNK_BYTES.
     monkeypatch.setattr(sg._batches, "_STREAM_CHUNK_BYTES", 3 * 16 * 2 * 8)
     assert sg._batches._chunk_size((np.zeros((16, 2)), np.zeros(16, np.int32))) == 2
+
+
+def test_a_step_that_changes_dtypes_is_a_clear_error():
+    # float64 updates of float32 parameters: the compiled loop needs fixed dtypes.
+    model = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, MODEL)
+    promote = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda g, state, params=None: (jax.tree_util.tree_map(
+            lambda x: x.astype(jnp.float64), g), state))  # fmt: skip
+    with pytest.raises(TypeError, match="changed the dtype or shape of the model"):
+        sg.train(model, loss_fn, DATA, _cfg(CONST, num_steps=2), optimizer=promote,
+                 progress=False, ema_loss=False)  # fmt: skip
 
 
 # ---------------------------------------------------------------- a mesh of one device
