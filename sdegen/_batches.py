@@ -10,6 +10,7 @@ stacked (nothing for a sampler, which draws in the loop), and a traced part
 `pick(chunk, i, s)`, the batch of step $s = s_0 + i$ inside the loop."""
 
 import abc
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -124,24 +125,25 @@ def data_source(data: Any, batch_size: int, key: Any) -> Callable[[int], Any]:
     rows = _rows_of_step(key, len(d.x), batch_size)
     if d.kind == "stream":
         return lambda s: jax.tree_util.tree_map(jnp.asarray, _stream_batch(d.x, rows(s)))
-    gather = _FromRows(d.x, d.labels)
-    return lambda s: _gather(gather, jnp.asarray(rows(s)))
+    return lambda s: _gather(d.x, d.labels, jnp.asarray(rows(s)))
 
 
-@eqx.filter_jit
-def _gather(pick, rows):
-    return pick(rows[None], 0, None)
+@jax.jit
+def _gather(x, labels, rows):
+    """The examples (and labels) at `rows`: a batch `(B,)`, or a stack `(k, B)`."""
+    return x[rows] if labels is None else (x[rows], labels[rows])
 
 
 # ---------------------------------------------------------------- chunks of steps
 
 
 class AbstractPick(eqx.Module):
-    """The batch of step `s` (the `i`-th of its chunk) inside the compiled loop."""
+    """How the compiled loop finds the batch of each step."""
 
     @abc.abstractmethod
     def __call__(self, chunk: Any, i: Any, s: Any) -> Any:
-        raise NotImplementedError
+        """The batch of step `s`, the `i`-th step of its chunk (`chunk`: what
+        `Chunks.stack` gave for it)."""
 
 
 class _ByIdentity:
@@ -172,15 +174,6 @@ class _FromSampler(AbstractPick):
         return jnp.asarray(self.sample(jr.fold_in(self.key, s), self.batch_size))
 
 
-class _FromRows(AbstractPick):
-    x: Any
-    labels: Any
-
-    def __call__(self, chunk, i, s):
-        rows = chunk[i]
-        return self.x[rows] if self.labels is None else (self.x[rows], self.labels[rows])
-
-
 class _FromStack(AbstractPick):
     def __call__(self, chunk, i, s):
         return jax.tree_util.tree_map(lambda a: a[i], chunk)
@@ -204,7 +197,7 @@ def _padded(parts: list[np.ndarray], size: int) -> np.ndarray:
 def _chunk_size(batch: Any) -> int:
     """Steps per chunk: stacked batches of at most `_STREAM_CHUNK_BYTES` (in the
     dtypes JAX will hold them in) and at most `MAX_CHUNK` steps."""
-    nbytes = sum(int(np.size(a)) * jnp.dtype(jax.dtypes.canonicalize_dtype(a.dtype)).itemsize
+    nbytes = sum(math.prod(a.shape) * jnp.dtype(jax.dtypes.canonicalize_dtype(a.dtype)).itemsize
                  for a in jax.tree_util.tree_leaves(batch))  # fmt: skip
     return int(np.clip(_STREAM_CHUNK_BYTES // max(nbytes, 1), 1, MAX_CHUNK))
 
@@ -221,12 +214,12 @@ def chunked_source(data: Any, batch_size: int, key: Any) -> Chunks:
         return Chunks(_FromSampler(sample, batch_size, key), lambda s0, k: None, MAX_CHUNK)
     rows = _rows_of_step(key, len(d.x), batch_size)
     if d.kind == "array":
-        gather = _FromRows(d.x, d.labels)
-        size = _chunk_size(_gather_shape(gather, batch_size))
+        size = _chunk_size(jax.eval_shape(_gather, d.x, d.labels,
+                                          jnp.zeros((batch_size,), jnp.int32)))  # fmt: skip
 
         def gathered(s0, k):
             rows_k = _padded([rows(s) for s in range(s0, s0 + k)], size)
-            return _gather_chunk(gather, jnp.asarray(rows_k))
+            return _gather(d.x, d.labels, jnp.asarray(rows_k))
 
         return Chunks(_FromStack(), gathered, size)
     size = _chunk_size(_stream_batch(d.x, rows(0)))
@@ -236,15 +229,6 @@ def chunked_source(data: Any, batch_size: int, key: Any) -> Chunks:
         return jax.tree_util.tree_map(lambda *b: _padded(list(b), size), *batches)
 
     return Chunks(_FromStack(), stacked, size)
-
-
-def _gather_shape(gather: _FromRows, batch_size: int) -> Any:
-    return jax.eval_shape(lambda: gather(jnp.zeros((1, batch_size), jnp.int32), 0, None))
-
-
-@eqx.filter_jit
-def _gather_chunk(gather, rows):
-    return jax.vmap(lambda r: gather(r[None], 0, None))(rows)
 
 
 def checked_data(data: Any, batch_size: int) -> _Data:
