@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     module, func = COMMANDS[args.command]
-    from sdegen._cli._errors import run_command
+    from sdegen._cli._command import run_command
 
     return run_command(importlib.import_module(f"sdegen._cli.{module}"), func, args)
 

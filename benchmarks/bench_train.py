@@ -39,8 +39,8 @@ import numpy as np
 import optax
 
 import sdegen as sg
-from sdegen._batches import iterate_batches
-from sdegen._ema import make_ema
+from sdegen._training._batches import iterate_batches
+from sdegen._training._ema import make_ema
 
 
 def _copy(tree):

@@ -185,14 +185,14 @@ def save_panels(path: str | os.PathLike, panels: list[tuple], *,
                 title: str | None = None, scale: float = 0.33) -> Path:  # fmt: skip
     """Write image panels side by side. Each panel is `(title, images, ncols)` or
     `(title, images, ncols, texts)`: the images `(N, C, H, W)` in $[-1, 1]$ are tiled
-    into a grid (`sdegen._plot.image_grid`) drawn under the title, and `texts` (one
+    into a grid (`sdegen._runs._plot.image_grid`) drawn under the title, and `texts` (one
     string per image) are written over the images."""
     import io
 
     from matplotlib.figure import Figure
 
-    from sdegen._checkpoint import atomic_write_bytes
-    from sdegen._plot import image_grid
+    from sdegen._runs._checkpoint import atomic_write_bytes
+    from sdegen._runs._plot import image_grid
 
     grids = [image_grid(np.asarray(p[1], np.float64), p[2]) for p in panels]
     widths = [g.shape[1] for g in grids]

@@ -3,15 +3,88 @@
 import importlib.metadata
 
 from . import data as data, metrics as metrics, nn as nn
-from ._advise import (
-    ADVISE_GRIDS as ADVISE_GRIDS,
-    DEFAULT_SOLVERS as DEFAULT_SOLVERS,
-    Advice as Advice,
-    advise as advise,
+from ._engine._brownian import GridBrownianPath as GridBrownianPath
+from ._engine._grids import time_grid as time_grid
+from ._engine._integrate import (
+    RESULTS as RESULTS,
+    SolveStats as SolveStats,
+    adaptive_solve as adaptive_solve,
+    fixed_solve as fixed_solve,
 )
-from ._bpd import bits_per_dim as bits_per_dim, dequantize as dequantize
-from ._brownian import GridBrownianPath as GridBrownianPath
-from ._checkpoint import (
+from ._engine._projections import decoupling_matrix as decoupling_matrix
+from ._engine._solver_table import (
+    REGISTRY as REGISTRY,
+    SOLVERS as SOLVERS,
+    SolverInfo as SolverInfo,
+    solver as solver,
+)
+from ._engine._solvers import (
+    DDIM as DDIM,
+    AbstractCorrector as AbstractCorrector,
+    AbstractDiffusionSolver as AbstractDiffusionSolver,
+    AbstractLangevin as AbstractLangevin,
+    AbstractProjection as AbstractProjection,
+    Ancestral as Ancestral,
+    AnnealedLangevinCorrector as AnnealedLangevinCorrector,
+    DPMSolver2 as DPMSolver2,
+    DPMSolver3 as DPMSolver3,
+    DPMSolverPP2M as DPMSolverPP2M,
+    DPMSolverPP2MSDE as DPMSolverPP2MSDE,
+    EDMSampler as EDMSampler,
+    LangevinCorrector as LangevinCorrector,
+    PredictorCorrector as PredictorCorrector,
+    Projected as Projected,
+)
+from ._guidance._classifier import (
+    TimeClassifier as TimeClassifier,
+    classifier_loss as classifier_loss,
+    train_classifier as train_classifier,
+)
+from ._guidance._guidance import (
+    Chain as Chain,
+    ClassifierFreeGuidedScore as ClassifierFreeGuidedScore,
+    ClassifierGuidedScore as ClassifierGuidedScore,
+    DPSScore as DPSScore,
+    chain as chain,
+    classifier_free_guidance as classifier_free_guidance,
+    classifier_guidance as classifier_guidance,
+    dps_guidance as dps_guidance,
+)
+from ._guidance._inverse import (
+    colorize as colorize,
+    inpaint as inpaint,
+    solve_inverse as solve_inverse,
+)
+from ._likelihood._bpd import bits_per_dim as bits_per_dim, dequantize as dequantize
+from ._likelihood._likelihood import (
+    LikelihoodStats as LikelihoodStats,
+    log_likelihood as log_likelihood,
+    log_likelihood_batch as log_likelihood_batch,
+)
+from ._processes._schedules import (
+    VPEpsModel as VPEpsModel,
+    cosine_beta_schedule as cosine_beta_schedule,
+    linear_beta_schedule as linear_beta_schedule,
+    vp_alphas_cumprod as vp_alphas_cumprod,
+    vp_betas as vp_betas,
+    vp_eps_model as vp_eps_model,
+)
+from ._processes._sde import (
+    EDMSDE as EDMSDE,
+    VESDE as VESDE,
+    VPSDE as VPSDE,
+    AbstractSDE as AbstractSDE,
+    SubVPSDE as SubVPSDE,
+)
+from ._processes._sde_custom import BetaSDE as BetaSDE, CustomSDE as CustomSDE
+from ._processes._terms import (
+    ScalarDiffusionTerm as ScalarDiffusionTerm,
+    ScoreDrift as ScoreDrift,
+    forward_terms as forward_terms,
+    probability_flow_term as probability_flow_term,
+    reverse_terms as reverse_terms,
+)
+from ._runs._checkpoint import (
     CheckpointError as CheckpointError,
     checkpoint_metadata as checkpoint_metadata,
     latest_checkpoint as latest_checkpoint,
@@ -19,23 +92,7 @@ from ._checkpoint import (
     remove_stray_temp_files as remove_stray_temp_files,
     save_checkpoint as save_checkpoint,
 )
-from ._chunked import (
-    log_likelihood_many as log_likelihood_many,
-    map_in_chunks as map_in_chunks,
-    sample_many as sample_many,
-)
-from ._classifier import (
-    TimeClassifier as TimeClassifier,
-    classifier_loss as classifier_loss,
-    train_classifier as train_classifier,
-)
-from ._discrete import (
-    DiscreteVPSDE as DiscreteVPSDE,
-    EpsScore as EpsScore,
-    ddim_sample as ddim_sample,
-    ddpm_sample as ddpm_sample,
-)
-from ._distributed import (
+from ._runs._distributed import (
     batch_sharding as batch_sharding,
     check_divisible as check_divisible,
     distributed_initialize as distributed_initialize,
@@ -49,15 +106,7 @@ from ._distributed import (
     sharded_step as sharded_step,
     to_host as to_host,
 )
-from ._ema import (
-    EMAS as EMAS,
-    AbstractEMA as AbstractEMA,
-    ConstantEMA as ConstantEMA,
-    PowerEMA as PowerEMA,
-    WarmupEMA as WarmupEMA,
-    ema_update as ema_update,
-)
-from ._export import (
+from ._runs._export import (
     ModelMeta as ModelMeta,
     build_model as build_model,
     export_model as export_model,
@@ -65,41 +114,46 @@ from ._export import (
     sde_from_dict as sde_from_dict,
     sde_to_dict as sde_to_dict,
 )
-from ._flow import decode as decode, encode as encode
-from ._grids import time_grid as time_grid
-from ._guidance import (
-    Chain as Chain,
-    ClassifierFreeGuidedScore as ClassifierFreeGuidedScore,
-    ClassifierGuidedScore as ClassifierGuidedScore,
-    DPSScore as DPSScore,
-    chain as chain,
-    classifier_free_guidance as classifier_free_guidance,
-    classifier_guidance as classifier_guidance,
-    dps_guidance as dps_guidance,
+from ._runs._logging import MetricsLogger as MetricsLogger
+from ._sampling._advise import (
+    ADVISE_GRIDS as ADVISE_GRIDS,
+    DEFAULT_SOLVERS as DEFAULT_SOLVERS,
+    Advice as Advice,
+    advise as advise,
 )
-from ._integrate import (
-    RESULTS as RESULTS,
-    SolveStats as SolveStats,
-    adaptive_solve as adaptive_solve,
-    fixed_solve as fixed_solve,
+from ._sampling._chunked import (
+    log_likelihood_many as log_likelihood_many,
+    map_in_chunks as map_in_chunks,
+    sample_many as sample_many,
 )
-from ._inverse import (
-    colorize as colorize,
-    inpaint as inpaint,
-    solve_inverse as solve_inverse,
+from ._sampling._discrete import (
+    DiscreteVPSDE as DiscreteVPSDE,
+    EpsScore as EpsScore,
+    ddim_sample as ddim_sample,
+    ddpm_sample as ddpm_sample,
 )
-from ._langevin import (
+from ._sampling._flow import decode as decode, encode as encode
+from ._sampling._langevin import (
     annealed_langevin as annealed_langevin,
     max_pairwise_distance as max_pairwise_distance,
     sigma_ladder as sigma_ladder,
 )
-from ._likelihood import (
-    LikelihoodStats as LikelihoodStats,
-    log_likelihood as log_likelihood,
-    log_likelihood_batch as log_likelihood_batch,
+from ._sampling._pc import pc_sample as pc_sample
+from ._sampling._sample import (
+    BatchedScore as BatchedScore,
+    sample_ode as sample_ode,
+    sample_ode_batch as sample_ode_batch,
+    sample_sde as sample_sde,
 )
-from ._logging import MetricsLogger as MetricsLogger
-from ._losses import (
+from ._training._ema import (
+    EMAS as EMAS,
+    AbstractEMA as AbstractEMA,
+    ConstantEMA as ConstantEMA,
+    PowerEMA as PowerEMA,
+    WarmupEMA as WarmupEMA,
+    ema_update as ema_update,
+)
+from ._training._losses import (
     REDUCTIONS as REDUCTIONS,
     TIME_SAMPLINGS as TIME_SAMPLINGS,
     WEIGHTINGS as WEIGHTINGS,
@@ -123,71 +177,17 @@ from ._losses import (
     single_ssm_loss as single_ssm_loss,
     ssm_loss as ssm_loss,
 )
-from ._optim import (
+from ._training._optim import (
     SCHEDULES as SCHEDULES,
     make_optimizer as make_optimizer,
     make_schedule as make_schedule,
 )
-from ._pc import pc_sample as pc_sample
-from ._projections import decoupling_matrix as decoupling_matrix
-from ._sample import (
-    BatchedScore as BatchedScore,
-    sample_ode as sample_ode,
-    sample_ode_batch as sample_ode_batch,
-    sample_sde as sample_sde,
-)
-from ._schedules import (
-    VPEpsModel as VPEpsModel,
-    cosine_beta_schedule as cosine_beta_schedule,
-    linear_beta_schedule as linear_beta_schedule,
-    vp_alphas_cumprod as vp_alphas_cumprod,
-    vp_betas as vp_betas,
-    vp_eps_model as vp_eps_model,
-)
-from ._sde import (
-    EDMSDE as EDMSDE,
-    VESDE as VESDE,
-    VPSDE as VPSDE,
-    AbstractSDE as AbstractSDE,
-    SubVPSDE as SubVPSDE,
-)
-from ._sde_custom import BetaSDE as BetaSDE, CustomSDE as CustomSDE
-from ._solver_table import (
-    REGISTRY as REGISTRY,
-    SOLVERS as SOLVERS,
-    SolverInfo as SolverInfo,
-    solver as solver,
-)
-from ._solvers import (
-    DDIM as DDIM,
-    AbstractCorrector as AbstractCorrector,
-    AbstractDiffusionSolver as AbstractDiffusionSolver,
-    AbstractLangevin as AbstractLangevin,
-    AbstractProjection as AbstractProjection,
-    Ancestral as Ancestral,
-    AnnealedLangevinCorrector as AnnealedLangevinCorrector,
-    DPMSolver2 as DPMSolver2,
-    DPMSolver3 as DPMSolver3,
-    DPMSolverPP2M as DPMSolverPP2M,
-    DPMSolverPP2MSDE as DPMSolverPP2MSDE,
-    EDMSampler as EDMSampler,
-    LangevinCorrector as LangevinCorrector,
-    PredictorCorrector as PredictorCorrector,
-    Projected as Projected,
-)
-from ._terms import (
-    ScalarDiffusionTerm as ScalarDiffusionTerm,
-    ScoreDrift as ScoreDrift,
-    forward_terms as forward_terms,
-    probability_flow_term as probability_flow_term,
-    reverse_terms as reverse_terms,
-)
-from ._train import (
+from ._training._train import (
     TrainConfig as TrainConfig,
     TrainState as TrainState,
     make_step as make_step,
 )
-from ._train_loop import train as train
+from ._training._train_loop import train as train
 from .data._posterior import (
     MixturePosterior as MixturePosterior,
     MixturePosteriorScore as MixturePosteriorScore,

@@ -12,6 +12,8 @@ model.
   1-D along random directions;
 - [`sdegen.metrics.component_fractions`][]: how many samples fall in each mixture
   component (by highest responsibility), to check mixture weights.
+
+May import: `_core`, `data`.
 """
 
 from collections.abc import Callable
@@ -24,7 +26,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._custom_types import KeyArray, Scalar
+from ._core._custom_types import KeyArray, Scalar
 
 
 def _check_pair(x, y):

@@ -144,7 +144,7 @@ def test_kill_during_write_leaves_a_temp_file_that_is_removed(tmp_path):
     import subprocess
     import sys
 
-    import sdegen._checkpoint as module
+    import sdegen._runs._checkpoint as module
 
     target = tmp_path / "step_000000003.ckpt"
     sg.save_checkpoint(tmp_path / "step_000000001.ckpt", {"w": jnp.zeros(3)}, step=1)

@@ -483,7 +483,7 @@ def test_sample_metrics_and_figures_of_points(tmp_path):
 
 
 def test_image_grid_marks_values_out_of_range(tmp_path):
-    from sdegen._plot import image_grid, save_image_grid
+    from sdegen._runs._plot import image_grid, save_image_grid
 
     x = np.zeros((2, 1, 3, 3))
     plain = image_grid(x)

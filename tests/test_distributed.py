@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 import sdegen as sg
-from sdegen._train import iterate_batches
+from sdegen._training._train import iterate_batches
 
 from ._distributed_worker import (
     CFG,

@@ -20,9 +20,9 @@ import optax
 import pytest
 
 import sdegen as sg
-from sdegen._losses._common import drop_labels, example_keys
-from sdegen._losses._dsm import draw_times
-from sdegen._losses._weighting import resolve_weighting
+from sdegen._training._losses._common import drop_labels, example_keys
+from sdegen._training._losses._dsm import draw_times
+from sdegen._training._losses._weighting import resolve_weighting
 
 from .helpers import SDES
 

@@ -18,7 +18,8 @@ import optax
 import pytest
 
 import sdegen as sg
-from sdegen._batches import iterate_batches
+from sdegen._training import _batches, _train_loop
+from sdegen._training._batches import iterate_batches
 
 from .helpers import xla_optimizations
 
@@ -542,13 +543,13 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
     # (float64, 1e-12 against changes of ~1e-2), for an array and for a sampler.
     cfg = _cfg(CONST, num_steps=7, log_every=7)
     chunks = []
-    steps = sg._train_loop._steps
+    steps = _train_loop._steps
 
     def spy(chunk_in, *args):
         chunks.append(int(chunk_in[4]))
         return steps(chunk_in, *args)
 
-    monkeypatch.setattr(sg._train_loop, "_steps", spy)
+    monkeypatch.setattr(_train_loop, "_steps", spy)
 
     def run(data):
         state, _ = sg.train(MODEL, loss_fn, data, cfg, progress=False, ema_loss=False)
@@ -560,7 +561,7 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
     whole = [run(d) for d in sources]
     assert chunks == [1, 6] * 2
     chunks.clear()
-    monkeypatch.setattr(sg._batches, "MAX_CHUNK", 3)
+    monkeypatch.setattr(_batches, "MAX_CHUNK", 3)
     for d, ref in zip(sources, whole):
         for a, b in zip(run(d), ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
@@ -576,8 +577,8 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
     for a, b in zip(run(Sampler(1.0)), whole[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     # Stacked batches (of an array or a DatasetSource): at most _STREAM_CHUNK_BYTES.
-    monkeypatch.setattr(sg._batches, "_STREAM_CHUNK_BYTES", 3 * 16 * 2 * 8)
-    assert sg._batches._chunk_size((np.zeros((16, 2)), np.zeros(16, np.int32))) == 2
+    monkeypatch.setattr(_batches, "_STREAM_CHUNK_BYTES", 3 * 16 * 2 * 8)
+    assert _batches._chunk_size((np.zeros((16, 2)), np.zeros(16, np.int32))) == 2
 
 
 def test_a_step_that_changes_dtypes_is_a_clear_error():

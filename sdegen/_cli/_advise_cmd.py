@@ -9,7 +9,7 @@ import jax.random as jr
 
 import sdegen as sg
 
-from .._checkpoint import atomic_write_json
+from .._runs._checkpoint import atomic_write_json
 from ._errors import CLIError
 from ._report import say
 from ._run import load_run, prepare_out

@@ -16,8 +16,10 @@ import numpy as np
 
 from ._data import RunData, data_spec
 from ._errors import CLIError
-from ._run import CONFIG_FORMAT
 
+
+CONFIG_FORMAT = 2
+"""The version of `config.json`'s layout; a run of another version cannot be read."""
 
 # Defaults of `sdegen demo` (and of `train` where a flag is not given). Images: the
 # recipe measured on the digits (docs/benchmarks.md, `sdegen advise`): DPM-Solver++(2M)
@@ -143,7 +145,7 @@ def build_transform(cfg: dict[str, Any]):
 
 
 def build_sde(cfg: dict[str, Any]):
-    from .._export import sde_from_dict
+    from .._runs._export import sde_from_dict
 
     return sde_from_dict(cfg["sde"])
 
@@ -152,7 +154,7 @@ def build_model(cfg: dict[str, Any], sde: Any):
     """The (initial) score model of a run: its weights are a function of the seed."""
     import jax.random as jr
 
-    from .._export import build_model as build
+    from .._runs._export import build_model as build
 
     key = jr.fold_in(jr.key(int(cfg["train"]["seed"])), 2)
     return build(sde, tuple(cfg["data"]["shape"]), cfg["network"],

@@ -8,7 +8,7 @@ from ._errors import CLIError
 
 
 def distributed_initialize(**kwargs: Any) -> Any:
-    from .._distributed import distributed_initialize as init
+    from .._runs._distributed import distributed_initialize as init
 
     return init(**kwargs)
 
@@ -27,7 +27,7 @@ def setup_devices(args: argparse.Namespace) -> Any:
         return None
     import jax
 
-    from .._distributed import make_mesh
+    from .._runs._distributed import make_mesh
 
     available = jax.device_count()
     if not 0 <= devices <= available:

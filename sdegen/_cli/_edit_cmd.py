@@ -20,7 +20,7 @@ import numpy as np
 
 import sdegen as sg
 
-from .._checkpoint import atomic_write_json
+from .._runs._checkpoint import atomic_write_json
 from ._errors import CLIError, flag_names
 from ._progress import chunked_map
 from ._report import save_npy, say
@@ -169,7 +169,7 @@ def _run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = [shown, result_x] + ([x] if known else [])
     panel = np.concatenate(rows)
     if sg.is_main_process():
-        from .._plot import save_image_grid
+        from .._runs._plot import save_image_grid
 
         save_npy(out / f"{name}.npy", result_x)
         save_image_grid(out / f"{name}.png", panel, ncols=n, scale=6,

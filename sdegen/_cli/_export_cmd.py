@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .._export import export_model
-from .._solver_table import solver_table
+from .._engine._solver_table import solver_table
+from .._runs._export import export_model
 from ._errors import CLIError
 from ._report import say
 from ._run import load_run, prepare_out

@@ -18,7 +18,7 @@ import numpy as np
 
 import sdegen as sg
 
-from .._checkpoint import atomic_write_json
+from .._runs._checkpoint import atomic_write_json
 from ._data import load_data
 from ._devices import num_devices, round_up
 from ._errors import CLIError, flag_names

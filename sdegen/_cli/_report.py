@@ -19,7 +19,7 @@ import numpy as np
 
 import sdegen as sg
 
-from .._checkpoint import atomic_write_bytes
+from .._runs._checkpoint import atomic_write_bytes
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def write_samples(png: Path, samples: np.ndarray, held_out: np.ndarray, kind: st
     """Write `samples` as `png` (an image grid, or a scatter plot beside the data for
     2-D points; no figure for other vectors) and always as the `.npy` beside it.
     Returns the paths written."""
-    from .._plot import save_image_grid, save_scatter
+    from .._runs._plot import save_image_grid, save_scatter
 
     written = [save_npy(png.with_suffix(".npy"), samples)]
     if kind == "image" and samples.ndim == 4:

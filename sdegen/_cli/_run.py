@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._config import CONFIG_FORMAT
 from ._errors import CLIError
 
 
 CONFIG = "config.json"
-CONFIG_FORMAT = 2
 
 
 def prepare_out(path: str | os.PathLike, *, writer: bool) -> Path:
@@ -34,7 +34,7 @@ def prepare_out(path: str | os.PathLike, *, writer: bool) -> Path:
     except FlagError as e:
         raise CLIError(str(e)) from None
     if writer:
-        from .._checkpoint import remove_stray_temp_files
+        from .._runs._checkpoint import remove_stray_temp_files
 
         for d in (p, p / "checkpoints"):
             for f in remove_stray_temp_files(d):

@@ -20,7 +20,7 @@ import numpy as np
 
 import sdegen as sg
 
-from .._solver_table import _normalise, lookup
+from .._engine._solver_table import _normalise, lookup
 from ._errors import CLIError
 from ._progress import chunked_map
 

@@ -14,7 +14,7 @@ import numpy as np
 
 import sdegen as sg
 
-from .._checkpoint import atomic_write_json
+from .._runs._checkpoint import atomic_write_json
 from ._config import Loss, build_model, build_sde, hparams, run_config
 from ._data import (
     HF_FLAGS,
@@ -133,7 +133,7 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
         )  # fmt: skip
     ev = history["eval"]
     if main:
-        from .._plot import save_loss_curve
+        from .._runs._plot import save_loss_curve
 
         save_loss_curve(out / "loss.png", state.losses, [e["step"] for e in ev],
                         [e["eval_loss"] for e in ev],

@@ -1,4 +1,6 @@
-"""Data with exact answers (Gaussian mixtures), toy sets and small loaders."""
+"""Data with exact answers (Gaussian mixtures), toy sets and small loaders.
+
+May import: `_core`, `_processes`, `_engine`."""
 
 from ._gmm import (
     GaussianMixture as GaussianMixture,

@@ -20,10 +20,10 @@ import jax.scipy as jsp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import as_float_array, check_time
-from .._custom_types import KeyArray, RealScalarLike, Scalar
-from .._misc import is_concrete
-from .._sde import AbstractSDE
+from .._core._checks import as_float_array, check_time
+from .._core._custom_types import KeyArray, RealScalarLike, Scalar
+from .._core._misc import is_concrete
+from .._processes._sde import AbstractSDE
 
 
 def _validate(means, covs, weights) -> None:

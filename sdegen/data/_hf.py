@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._misc import default_float
+from .._core._misc import default_float
 from ._hf_format import (
     HFFormat,
     _array_format,

@@ -18,8 +18,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._custom_types import KeyArray
-from .._misc import default_float
+from .._core._custom_types import KeyArray
+from .._core._misc import default_float
 
 
 def _check_finite_host(x: np.ndarray, name: str) -> None:

@@ -14,10 +14,10 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import check_positive, check_sde, check_time
-from .._custom_types import KeyArray, RealScalarLike
-from .._projections import MatrixOp, as_operator, check_mask, check_obs
-from .._sde import AbstractSDE
+from .._core._checks import check_positive, check_time
+from .._core._custom_types import KeyArray, RealScalarLike
+from .._engine._projections import MatrixOp, as_operator, check_mask, check_obs
+from .._processes._sde import AbstractSDE, check_sde
 from ._gmm import GaussianMixture, diffused_mixture_score
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_callable
+from .._core._checks import check_callable
 
 
 class DatasetSource:

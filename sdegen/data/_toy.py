@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._custom_types import KeyArray
-from .._misc import default_float
+from .._core._custom_types import KeyArray
+from .._core._misc import default_float
 from ._gmm import eight_gaussians as _eight_gaussians
 
 

@@ -18,7 +18,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_choice
+from .._core._checks import check_choice
 
 
 class AbstractDataTransform(eqx.Module):

@@ -1,5 +1,7 @@
 """Score networks (equinox Modules called unbatched as `model(t, x)`), time and label
-embeddings, and parametrisations that turn a network into a score."""
+embeddings, and parametrisations that turn a network into a score.
+
+May import: `_core`, `_processes`."""
 
 from ._embedding import (
     AbstractEmbedding as AbstractEmbedding,

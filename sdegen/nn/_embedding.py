@@ -20,8 +20,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._custom_types import KeyArray, RealScalarLike
-from .._misc import default_float, is_concrete
+from .._core._custom_types import KeyArray, RealScalarLike
+from .._core._misc import default_float, is_concrete
 
 
 def _check_embed_dim(embed_dim) -> int:

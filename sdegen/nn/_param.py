@@ -26,8 +26,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._custom_types import KeyArray, RealScalarLike, Scalar
-from .._sde import AbstractSDE, as_time
+from .._core._custom_types import KeyArray, RealScalarLike, Scalar
+from .._processes._sde import AbstractSDE, as_time
 
 
 def _check_net(net) -> None:

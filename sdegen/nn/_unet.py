@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._custom_types import KeyArray, RealScalarLike
-from .._misc import default_float
+from .._core._custom_types import KeyArray, RealScalarLike
+from .._core._misc import default_float
 from ._embedding import (
     AbstractEmbedding,
     FourierFeatures,

@@ -1,0 +1,317 @@
+"""Every input check of sdegen, in one place.
+
+Structural mistakes (a wrong shape, an unknown name, an argument of the wrong kind)
+raise `ValueError` when the function is called or traced, naming the argument and what
+was expected. Value checks run eagerly on concrete values and through `eqx.error_if`
+on traced ones, so they survive `jit` and `vmap`. Failures inside a solve (a state that
+becomes non-finite) are raised by [`raise_if_failed`][] from the solve's statistics.
+"""
+
+import functools
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._misc import default_float, is_concrete
+
+
+# ---------------------------------------------------------------- scalars
+
+
+def concrete_float(name: str, value: Any) -> float | None:
+    """`value` as a Python float when it is concrete, else `None`; raise if it is not
+    a real scalar."""
+    if not is_concrete(value):
+        return None
+    arr = np.asarray(value)
+    if arr.shape != ():
+        raise ValueError(f"`{name}` must be a scalar, got an array of shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"`{name}` must be a real number, got {value!r}.")
+    return float(arr)
+
+
+def check_finite_scalar(name: str, value: Any) -> None:
+    v = concrete_float(name, value)
+    if v is not None and not math.isfinite(v):
+        raise ValueError(f"`{name}` must be finite, got {v}.")
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """A finite real scalar `> 0` (or `>= 0` with `allow_zero`)."""
+    v = concrete_float(name, value)
+    if v is None:
+        return
+    if not math.isfinite(v) or (v < 0 if allow_zero else v <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be finite and {bound}, got {v}.")
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """A Python (or NumPy) integer `>= minimum`; booleans are rejected."""
+    ok = not isinstance(value, bool)
+    try:
+        ok = ok and int(value) == value
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"`{name}` must be {what}, got {value!r}.")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}, got "
+            f"{value!r}."
+        )
+    return value
+
+
+def check_callable(name: str, f: Any, what: str) -> None:
+    """`f` must be callable; `what` describes the expected signature."""
+    if not callable(f):
+        raise ValueError(f"`{name}` must be a callable {what}, got {type(f).__name__}.")
+
+
+def check_score(score: Any, name: str = "score") -> None:
+    check_callable(name, score, f"{name}(t, x) -> Array")
+
+
+
+def check_tols(rtol: Any, atol: Any) -> None:
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def check_shape_arg(name: str, shape: Any) -> tuple[int, ...]:
+    """A `shape` argument: a tuple of positive ints (an int means a 1-tuple)."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+        exact = all(int(s) == s and not isinstance(s, bool) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a tuple of ints, got {shape!r}.") from None
+    if not exact or any(s <= 0 for s in out):
+        raise ValueError(f"`{name}` must be a tuple of positive ints, got {shape!r}.")
+    return out
+
+
+def check_shape(name: str, x: Any, shape: tuple[int, ...]) -> None:
+    if tuple(jnp.shape(x)) != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have shape {tuple(shape)}, got shape {tuple(jnp.shape(x))}."
+        )
+
+
+def as_float_array(x: Any, name: str) -> jax.Array:
+    """A JAX floating array without downcasting: integer and boolean input becomes the
+    default float dtype; floating input keeps its dtype."""
+    try:
+        arr = jnp.asarray(x)
+    except TypeError:
+        raise ValueError(
+            f"`{name}` must be a real array, got {type(x).__name__}."
+        ) from None
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        if jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == bool:
+            if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+                raise ValueError(f"`{name}` must be real, got dtype {arr.dtype}.")
+            arr = arr.astype(default_float())
+        else:
+            raise ValueError(f"`{name}` must be a real array, got dtype {arr.dtype}.")
+    return arr
+
+
+def error_if_not_finite(x: jax.Array, name: str) -> jax.Array:
+    """Raise (eagerly when concrete, through `eqx.error_if` under jit) if `x` holds
+    NaN or infinity."""
+    if is_concrete(x):
+        # numpy, not jnp: under an outer jit, jnp on a closed-over constant traces.
+        if not np.all(np.isfinite(np.asarray(x))):
+            a = np.asarray(x)
+            bad = int(np.sum(~np.isfinite(a)))
+            raise ValueError(
+                f"`{name}` contains non-finite values (NaN or inf): {bad} of {a.size}."
+            )
+        return x
+    return eqx.error_if(
+        x, jnp.any(~jnp.isfinite(x)), f"`{name}` contains non-finite values (NaN or inf)."
+    )
+
+
+def check_x(x: Any, shape: tuple[int, ...] | None, name: str) -> jax.Array:
+    """One example (e.g. `x_init`): a finite float array of the given shape."""
+    x = as_float_array(x, name)
+    if shape is not None:
+        check_shape(name, x, shape)
+    return error_if_not_finite(x, name)
+
+
+def check_x_deferred(x: Any, shape: tuple[int, ...] | None, name: str) -> tuple[Any, Any]:
+    """As [`check_x`][], but for a traced `x` the finiteness check is returned as a
+    flag (to fold into the one error check of the solve, see `raise_failure`) instead
+    of being staged on its own."""
+    x = as_float_array(x, name)
+    if shape is not None:
+        check_shape(name, x, shape)
+    if is_concrete(x):
+        return error_if_not_finite(x, name), False
+    return x, ~jnp.all(jnp.isfinite(x))
+
+
+def check_output(out: Any, like: Any, name: str, call: str = "(t, x)") -> jax.Array:
+    """The output of a user callable (score, model, ...) must be an array of the shape
+    of its input state; checked at trace time, so a scalar or a batched output is
+    caught before it is broadcast into garbage."""
+    try:
+        out = jnp.asarray(out)
+    except TypeError:
+        raise ValueError(
+            f"`{name}{call}` must return an array, got {type(out).__name__}."
+        ) from None
+    shape = tuple(jnp.shape(like))
+    if tuple(out.shape) != shape:
+        raise ValueError(
+            f"`{name}{call}` must return an array of the state's shape {shape} (one "
+            f"unbatched example), got shape {tuple(out.shape)}."
+        )
+    return out
+
+
+# ---------------------------------------------------------------- times
+
+
+def check_time(sde: Any, t: Any, name: str = "t") -> Any:
+    r"""`t` must lie in $[0, T]$: a `ValueError` for a concrete value, an
+    `eqx.error_if` for a traced one."""
+    T = sde.T
+    v = concrete_float(name, t)
+    if v is not None:
+        if not (0 <= v <= T):
+            raise ValueError(f"`{name}` must lie in [0, T] = [0, {T}], got {v}.")
+        return t
+    t = jnp.asarray(t)
+    return eqx.error_if(
+        t, (t < 0) | (t > T), f"`{name}` must lie in [0, T] = [0, {T}]."
+    )
+
+
+def check_eps(sde: Any, eps: Any, name: str = "eps") -> None:
+    v = concrete_float(name, eps)
+    if v is not None and not (0 < v < sde.T):
+        raise ValueError(f"`{name}` must satisfy 0 < {name} < T = {sde.T}, got {v}.")
+
+
+def check_grid(sde: Any, ts: Any, *, decreasing: bool, name: str = "ts") -> jax.Array:
+    """A user-supplied time grid in the SDE's time: 1-D, at least two points, finite,
+    strictly monotone and inside $(0, T]$ (or $[0, T]$ for a decreasing grid that ends
+    on clean data, where the SDE allows it)."""
+    ts = as_float_array(ts, name)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(
+            f"`{name}` must be a 1-D grid of at least 2 times, got shape {ts.shape}."
+        )
+    if is_concrete(ts):
+        a = np.asarray(ts, dtype=np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"`{name}` contains non-finite values.")
+        d = np.diff(a)
+        if decreasing and not np.all(d < 0):
+            raise ValueError(f"`{name}` must be strictly decreasing (from T towards 0).")
+        if not decreasing and not np.all(d > 0):
+            raise ValueError(
+                f"`{name}` must be strictly increasing (from near 0 towards T)."
+            )
+        lo, hi = a.min(), a.max()
+        if lo <= 0 or hi > sde.T * (1 + 1e-12):
+            raise ValueError(
+                f"`{name}` must lie in (0, T] = (0, {sde.T}], got range [{lo}, {hi}]."
+            )
+    return ts
+
+
+# ---------------------------------------------------------------- solve failures
+
+_BUCKETS_PER_DECADE = 50
+_LOW_DECADE = -8
+_HIGH_DECADE = 5
+
+
+@functools.lru_cache(maxsize=256)
+def _failure_messages(where: str, input_name: str) -> tuple[str, ...]:
+    """Message 0: a non-finite input; 1: the step limit; then one per time bucket."""
+    n = (_HIGH_DECADE - _LOW_DECADE) * _BUCKETS_PER_DECADE
+    times = ["0"] + [
+        f"{10 ** (_LOW_DECADE + k / _BUCKETS_PER_DECADE):.3g}" for k in range(n + 1)
+    ]
+    head = (
+        f"{where}: `{input_name}` contains non-finite values (NaN or inf).",
+        f"{where}: the adaptive solve failed: the maximum number of solver steps was "
+        "reached. Increase `max_steps`, loosen rtol/atol, or pass throw=False and read "
+        "stats.result.",
+    )
+    return head + tuple(
+        f"{where}: the state became non-finite (NaN or inf) at t ≈ {t}: the score or "
+        "model returned NaN or inf there (or the step size is too large for it). Pass "
+        "throw=False to get the result and read its stats instead."
+        for t in times
+    )
+
+
+def _time_bucket(t: jax.Array) -> jax.Array:
+    t = jnp.abs(jnp.asarray(t, jnp.float32))
+    k = jnp.round((jnp.log10(jnp.maximum(t, 1e-30)) - _LOW_DECADE) * _BUCKETS_PER_DECADE)
+    n = (_HIGH_DECADE - _LOW_DECADE) * _BUCKETS_PER_DECADE
+    k = jnp.clip(k, 0, n).astype(jnp.int32) + 1
+    return jnp.where(t < 10.0**_LOW_DECADE, 0, k)
+
+
+def failure_index(nonfinite: Any, t: Any, step_limit: Any, bad_input: Any) -> tuple[Any, Any]:
+    """`(failed, index)`: whether anything failed, and the message of the failure
+    (see `_failure_messages`): a non-finite input, the solve becoming non-finite at
+    time `t` (bucketed to three digits), or the step limit."""
+    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in
+                                        (nonfinite, step_limit, bad_input))  # fmt: skip
+    bucket = 2 + _time_bucket(jnp.where(nonfinite, t, 0.0))
+    index = jnp.where(bad_input, 0, jnp.where(nonfinite, bucket, 1))
+    failed = bad_input | nonfinite | step_limit
+    return jnp.any(failed), jnp.max(jnp.where(failed, index, 0))
+
+
+def raise_failure(y: Any, failed: Any, index: Any, *, where: str,
+                  input_name: str = "x") -> Any:  # fmt: skip
+    """Return `y`, raising ONE error if `failed` (from `failure_index`): immediately
+    when eager, as one staged check under `jit`/`vmap`. The message says non-finite
+    and names `where` (the sampler) and the time to three digits, or the step
+    limit."""
+    messages = _failure_messages(where, input_name)
+    if is_concrete(failed):
+        if not bool(failed):
+            return y  # eager and nothing failed
+        return eqx.branched_error_if(y, failed, index, messages)  # raises here
+    return _staged_error_if(y, failed, index, where, input_name)
+
+
+@eqx.filter_jit
+def _staged_error_if(y, failed, index, where, input_name):
+    # Compiled: under an eager `vmap` one program, not one per operation.
+    return eqx.branched_error_if(y, failed, index, _failure_messages(where, input_name))
+
+
+def describe(fn_name: str, solver: Any) -> str:
+    """`"sample_sde (solver 'heun')"`: how errors name a sampler."""
+    if solver is None:
+        return fn_name
+    if isinstance(solver, str):
+        return f"{fn_name} (solver {solver!r})"
+    return f"{fn_name} (solver {type(solver).__name__})"

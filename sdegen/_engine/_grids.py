@@ -1,0 +1,118 @@
+r"""Time grids for fixed-step samplers, by name.
+
+Every grid runs from $T$ down to $\varepsilon$ in `num_steps` steps ($N + 1$ points,
+both ends exact):
+
+- `"uniform"`: $t_i = T + \tfrac{i}{N}(\varepsilon - T)$, i.e. `linspace(T, eps)`.
+- `"logsnr"`: uniform in the half log signal-to-noise ratio
+  $\lambda(t) = \log(\alpha(t)/\sigma(t))$, the time variable of DPM-Solver (Lu et al.
+  2022): $t_i = t_\lambda\big(\lambda(T) + \tfrac{i}{N}(\lambda(\varepsilon) -
+  \lambda(T))\big)$.
+- `"karras"`: uniform in $\tilde\sigma^{1/\rho}$ (Karras et al. 2022, eq. 5), where
+  $\tilde\sigma(t) = \sigma(t)/\alpha(t) = e^{-\lambda(t)}$ is the noise-to-signal
+  ratio (EDM's $\sigma$; $\sigma(t)$ itself for VE and the EDM SDE):
+  $\tilde\sigma_i = \big(\tilde\sigma_{\max}^{1/\rho} + \tfrac{i}{N}
+  (\tilde\sigma_{\min}^{1/\rho} - \tilde\sigma_{\max}^{1/\rho})\big)^\rho$,
+  $\rho = 7$ by default.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._core._checks import check_eps, check_grid, check_int, check_positive
+from .._core._misc import default_float, is_concrete
+from .._processes._sde import AbstractSDE, check_sde
+from ._solver_table import lookup
+
+
+def uniform_grid(sde: AbstractSDE, num_steps: int, eps: Any, dtype: Any) -> Array:
+    r"""`linspace(T, eps, num_steps + 1)`."""
+    return jnp.linspace(sde.T, eps, num_steps + 1, dtype=dtype)
+
+
+def _exact_ends(ts: Array, sde: AbstractSDE, eps: Any) -> Array:
+    return ts.at[0].set(sde.T).at[-1].set(eps)
+
+
+def logsnr_grid(sde: AbstractSDE, num_steps: int, eps: Any, dtype: Any) -> Array:
+    r"""Uniform in $\lambda(t) = \log(\alpha/\sigma)$ from $\lambda(T)$ to
+    $\lambda(\varepsilon)$."""
+    T = jnp.asarray(sde.T, dtype)
+    lo, hi = sde._lambda(T), sde._lambda(jnp.asarray(eps, dtype))
+    lam = jnp.linspace(lo, hi, num_steps + 1, dtype=dtype)
+    ts = jax.vmap(sde._inverse_lambda)(lam)
+    return _exact_ends(ts, sde, eps)
+
+
+def karras_grid(sde: AbstractSDE, num_steps: int, eps: Any, dtype: Any,
+                rho: float = 7.0) -> Array:  # fmt: skip
+    r"""Uniform in $\tilde\sigma^{1/\rho}$, $\tilde\sigma = \sigma/\alpha$ (EDM)."""
+    T = jnp.asarray(sde.T, dtype)
+    s_max = jnp.exp(-sde._lambda(T))
+    s_min = jnp.exp(-sde._lambda(jnp.asarray(eps, dtype)))
+    frac = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
+    root = s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))
+    ts = jax.vmap(sde._inverse_lambda)(-rho * jnp.log(root))
+    return _exact_ends(ts, sde, eps)
+
+
+def time_grid(
+    sde: AbstractSDE,
+    num_steps: int,
+    kind: str = "uniform",
+    *,
+    eps: Any = 1e-3,
+    rho: float = 7.0,
+    dtype: Any = None,
+) -> Float[Array, " num_steps_plus_1"]:
+    r"""The decreasing time grid $T = t_0 > t_1 > \dots > t_N = \varepsilon$ of a
+    fixed-step sampler, by name (see the module docstring for the formulas).
+
+    **Arguments:**
+
+    - `sde`: the [`sdegen.AbstractSDE`][] (its $\alpha$, $\sigma$ and $t(\lambda)$).
+    - `num_steps`: $N \ge 1$.
+    - `kind`: `"uniform"`, `"logsnr"` or `"karras"`.
+    - `eps`: the last time $\varepsilon \in (0, T)$.
+    - `rho`: the exponent $\rho > 0$ of the `"karras"` grid (7, as EDM).
+    - `dtype`: floating dtype (JAX's default).
+
+    **Returns:** the grid, shape `(num_steps + 1,)`, first point exactly $T$ and last
+    exactly $\varepsilon$.
+
+    **Raises:** `ValueError` for an unknown `kind` (listing the known ones), `eps`
+    outside $(0, T)$ or a non-positive `num_steps`.
+    """
+    check_sde(sde)
+    num_steps = check_int("num_steps", num_steps)
+    check_eps(sde, eps)
+    check_positive("rho", rho)
+    row = lookup("grid", kind, arg="grid")
+    dtype = default_float() if dtype is None else dtype
+    extra = (float(rho),) if row.name == "karras" else ()
+    return _make_grid(row.make(), sde, num_steps, eps, dtype, *extra)
+
+
+@eqx.filter_jit
+def _make_grid(make, sde, num_steps, eps, dtype, *extra):
+    # One compiled program per grid (not one per operation when run eagerly).
+    return make(sde, num_steps, eps, dtype, *extra)
+
+
+def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: Any,
+                 dtype: Any) -> Array:  # fmt: skip
+    r"""The decreasing grid of a fixed-step sampler: `ts` validated when given, else
+    [`sdegen.time_grid`][]`(sde, num_steps, grid, eps=eps)`. Computed eagerly when its
+    inputs are concrete, even under `jit`, so that errors can name grid times."""
+    if ts is not None:
+        ts = check_grid(sde, ts, decreasing=True)
+        return ts.astype(dtype)
+    ts = time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
+    if is_concrete(ts) or not is_concrete(eps):
+        return ts  # eager (one compiled program), or a traced eps
+    with jax.ensure_compile_time_eval():  # under an outer jit
+        return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)

@@ -1,0 +1,188 @@
+r"""Which sampler to use: measure every sampler by name on *your* model, at several
+budgets of score evaluations (NFE), and recommend the cheapest that reaches a target
+sample quality.
+
+Quality is the Fréchet distance of the samples to the data over its data-vs-data floor
+at the same sample count ([`sdegen.metrics.sample_report`][]): a ratio of 1 is as good
+as more real data. Every solver runs on the time grid it was designed for
+([`ADVISE_GRIDS`][]), with `num_steps = NFE // (calls per step)`.
+"""
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+
+from .._core._checks import check_callable, check_int, check_positive
+from .._engine._solver_table import SOLVERS, lookup
+from .._processes._sde import check_sde
+from ._sample import sample_ode, sample_sde
+
+
+DEFAULT_SOLVERS = ("euler", "heun", "ddim", "dpmpp_2m", "dpm_solver_2", "dpm_solver_3",
+                   "edm", "euler_maruyama", "ancestral", "dpmpp_2m_sde", "edm_sde")  # fmt: skip
+"""The samplers `advise` compares by default: every fixed-step sampler of the table
+that suits the probability-flow ODE or the reverse SDE, diffrax's first- and
+second-order ones included."""
+
+ADVISE_GRIDS = {"ddim": "logsnr", "dpmpp_2m": "logsnr", "dpm_solver_2": "logsnr",
+                "dpm_solver_3": "logsnr", "dpmpp_2m_sde": "logsnr", "edm": "karras",
+                "edm_sde": "karras", "heun": "karras"}  # fmt: skip
+"""The grid each solver is measured on (the one its paper uses; `"uniform"` for the
+rest): DPM-Solver's log-SNR grid, EDM's Karras grid."""
+
+
+@dataclass
+class Advice:
+    """The measurements of [`sdegen.advise`][] and its recommendation."""
+
+    rows: list[dict[str, Any]]
+    """One row per (solver, NFE): `solver`, `kind` (`"ode"`/`"sde"`), `grid`, `nfe`,
+    `num_steps`, `frechet_ratio`, `frechet_distance`, `std_ratio`,
+    `frac_outside_range` (and `frac_beyond_1.1`), `seconds` (sampling time,
+    compilation excluded)."""
+    target: float
+    floor: float
+    recommended: dict[str, Any] | None = field(default=None)
+    """The row with the fewest score evaluations (then the fastest) whose Fréchet
+    ratio is at most `target`, or `None` if no sampler reached it."""
+
+    def table(self) -> str:
+        """The rows as a Markdown table."""
+        head = "| solver | kind | grid | NFE | steps | FD / floor | std / data | " \
+               "out of range | seconds |"  # fmt: skip
+        lines = [head, "|" + " --- |" * 9]
+        for r in self.rows:
+            lines.append(
+                f"| `{r['solver']}` | {r['kind']} | {r['grid']} | {r['nfe']} | "
+                f"{r['num_steps']} | {r['frechet_ratio']:.3g} | {r['std_ratio']:.3g} | "
+                f"{r['frac_outside_range']:.3g} | {r['seconds']:.2f} |"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        if self.recommended is None:
+            return (f"No sampler reached a Fréchet distance of {self.target}x the "
+                    "data-vs-data floor; try more NFE or train longer.")  # fmt: skip
+        r = self.recommended
+        return (f"Recommended: solver={r['solver']!r}, grid={r['grid']!r}, "
+                f"num_steps={r['num_steps']} ({r['nfe']} score evaluations): Fréchet "
+                f"distance {r['frechet_ratio']:.2f}x the floor (target "
+                f"{self.target}x).")  # fmt: skip
+
+
+def _sampler(sde, score, shape, name, num_steps, grid, args):
+    row = SOLVERS[name]
+    if row.ode:
+        return lambda k: sample_ode(k, sde, score, shape, name, num_steps=num_steps,
+                                    grid=grid, args=args)  # fmt: skip
+    return lambda k: sample_sde(k, sde, score, shape, name, num_steps=num_steps,
+                                grid=grid, args=args)  # fmt: skip
+
+
+def advise(
+    key: Any,
+    sde: Any,
+    score: Callable,
+    data: Any,
+    *,
+    solvers: Sequence[str] = DEFAULT_SOLVERS,
+    nfes: Sequence[int] = (5, 10, 20, 35, 50, 100),
+    num_samples: int = 500,
+    target: float = 1.2,
+    transform: Callable[[Any], Any] | None = None,
+    args: Any = None,
+    chunk_size: int = 500,
+    progress: bool = False,
+) -> Advice:
+    r"""Measure every sampler of `solvers` at every budget of `nfes` score evaluations
+    on your model, and recommend the cheapest one whose samples come within `target`
+    times the data-vs-data floor of the Fréchet distance to `data`.
+
+    **Arguments:**
+
+    - `key`: PRNG key (the same keys for every sampler, so they are compared on the
+      same prior draws).
+    - `sde`: the forward SDE of the model.
+    - `score`: the score model `score(t, x)` (e.g. the EMA model of a run).
+    - `data`: held-out data `(N, *shape)` in the model's space.
+    - `solvers`: solver names of [`sdegen.SOLVERS`][] (fixed-step ones).
+    - `nfes`: the budgets; a solver with $c$ calls per step gets `nfe // c` steps
+      (budgets below one step are skipped).
+    - `num_samples`: samples per measurement.
+    - `target`: the Fréchet ratio to reach.
+    - `transform`: a map applied to the samples and the data before measuring (e.g.
+      undoing a standardisation), or `None`.
+    - `args`: passed to the score.
+    - `chunk_size`: samples per vmapped chunk.
+    - `progress`: print one line per measurement.
+
+    **Returns:** an [`sdegen.Advice`][]: the rows (Fréchet ratio and distance, std
+    ratio, out-of-range fraction, seconds) and the recommendation.
+    """
+    from ..metrics import sample_report
+
+    check_sde(sde)
+    check_callable("score", score, "score(t, x) -> Array")
+    num_samples = check_int("num_samples", num_samples, minimum=2)
+    check_positive("target", target)
+    chunk_size = check_int("chunk_size", chunk_size)
+    for n in solvers:
+        lookup("solver", n, arg="solvers")
+    nfes = [check_int("nfes", n) for n in nfes]
+    data = np.asarray(data)
+    shape = data.shape[1:]
+    ref = data if transform is None else np.asarray(transform(data))
+    keys = jr.split(key, num_samples)
+    # The model's weights are an argument of the compiled sampler, not constants
+    # folded into it (XLA would spend seconds constant-folding every layer).
+    params, static = eqx.partition(score, eqx.is_array)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def fn(params, which, keys):
+        run = _sampler(sde, eqx.combine(params, static), shape, *which, args)
+        return jax.vmap(run)(keys)
+
+    rows, floor = [], float("nan")
+    for name in solvers:
+        info = SOLVERS[name]
+        grid = ADVISE_GRIDS.get(name, "uniform")
+        for nfe in nfes:
+            steps = nfe // info.evals_per_step
+            if steps < 1:
+                continue
+            chunks = [keys[i:i + chunk_size] for i in range(0, num_samples, chunk_size)]
+            compiled = {c.shape[0]: fn.lower(params, (name, steps, grid), c).compile()
+                        for c in chunks}  # fmt: skip
+            t0 = time.perf_counter()
+            x = np.concatenate([np.asarray(compiled[c.shape[0]](params, c))
+                                for c in chunks])  # fmt: skip
+            seconds = time.perf_counter() - t0  # sampling only, compilation excluded
+            if transform is not None:
+                x = np.asarray(transform(x))
+            rep = sample_report(x, ref, key=jr.fold_in(key, 1))
+            floor = rep.get("frechet_floor", floor)
+            rows.append({"solver": name, "kind": "ode" if info.ode else "sde",
+                         "grid": grid, "nfe": steps * info.evals_per_step,
+                         "num_steps": steps,
+                         "frechet_ratio": rep.get("frechet_ratio", float("inf")),
+                         "frechet_distance": rep.get("frechet_distance", float("inf")),
+                         "std_ratio": rep["std_ratio"],
+                         "frac_outside_range": rep["frac_outside_range"],
+                         "frac_beyond_1.1": rep.get("frac_beyond_1.1"),
+                         "seconds": seconds})  # fmt: skip
+            if progress:
+                r = rows[-1]
+                print(f"advise: {name:14s} NFE {r['nfe']:4d}: FD/floor "
+                      f"{r['frechet_ratio']:.3g}, {seconds:.1f} s", flush=True)  # fmt: skip
+    good = [r for r in rows if np.isfinite(r["frechet_ratio"]) and
+            r["frechet_ratio"] <= target]  # fmt: skip
+    best = min(good, key=lambda r: (r["nfe"], r["seconds"])) if good else None
+    return Advice(rows, float(target), float(floor), best)
+
