@@ -61,6 +61,10 @@ from ._likelihood._likelihood import (
     log_likelihood as log_likelihood,
     log_likelihood_batch as log_likelihood_batch,
 )
+from ._processes._interpolants import (
+    CosineInterpolant as CosineInterpolant,
+    RectifiedFlow as RectifiedFlow,
+)
 from ._processes._schedules import (
     VPEpsModel as VPEpsModel,
     cosine_beta_schedule as cosine_beta_schedule,
@@ -83,6 +87,12 @@ from ._processes._terms import (
     forward_terms as forward_terms,
     probability_flow_term as probability_flow_term,
     reverse_terms as reverse_terms,
+)
+from ._processes._transforms import (
+    ChangedScore as ChangedScore,
+    VelocityField as VelocityField,
+    change_sde as change_sde,
+    velocity as velocity,
 )
 from ._runs._checkpoint import (
     CheckpointError as CheckpointError,

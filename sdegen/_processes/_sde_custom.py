@@ -43,8 +43,9 @@ def _derivative(fn: Callable, t: Scalar) -> Scalar:
 
 
 def _validate_schedule(sde: AbstractSDE, what: str) -> None:
-    r"""On a grid of $(0, T]$: $\alpha, \sigma > 0$, $\lambda$ strictly decreasing and
-    $g^2 \ge 0$ (skipped when the schedule holds traced values)."""
+    r"""On a grid of $(0, T]$: $\alpha, \sigma > 0$ ($\alpha(T) = 0$ allowed: an
+    interpolant ending in pure noise), $\lambda$ strictly decreasing and $g^2 \ge 0$
+    (skipped when the schedule holds traced values)."""
     ts = np.linspace(0.0, float(sde.T), 129)[1:]
     try:
         vals = [np.asarray(jax.vmap(f)(jnp.asarray(ts))) for f in
@@ -52,10 +53,14 @@ def _validate_schedule(sde: AbstractSDE, what: str) -> None:
     except jax.errors.ConcretizationTypeError:
         return
     a, s, g2 = vals
-    if not (np.all(np.isfinite(a)) and np.all(a > 0)):
-        raise ValueError(f"`{what}`: alpha(t) must be finite and > 0 on (0, T].")
+    if not (np.all(np.isfinite(a)) and np.all(a[:-1] > 0) and a[-1] >= 0):
+        raise ValueError(
+            f"`{what}`: alpha(t) must be finite and > 0 on (0, T) and >= 0 at T."
+        )
     if not (np.all(np.isfinite(s)) and np.all(s > 0)):
         raise ValueError(f"`{what}`: sigma(t) must be finite and > 0 on (0, T].")
+    if a[-1] == 0:  # lambda(T) = -inf and g(T)^2 = inf: check the open interval
+        a, s, g2 = a[:-1], s[:-1], g2[:-1]
     lam = np.log(a) - np.log(s)
     if not np.all(np.diff(lam) < 0):
         raise ValueError(
@@ -78,7 +83,10 @@ class CustomSDE(AbstractSDE):
     g^2 = \frac{\mathrm{d}\sigma^2}{\mathrm{d}t} - 2f\sigma^2,$$
 
     with the derivatives from `jax.jvp`. The prior is $\mathcal{N}(0, s^2 I)$ with
-    $s = \sigma(T)$ unless `prior_std` is given.
+    $s = \sigma(T)$ unless `prior_std` is given. $\alpha(T) = 0$ is allowed (an
+    interpolant that ends in pure noise, where the prior $\mathcal{N}(0, \sigma(T)^2 I)$
+    is exact): there $f$ and $g^2$ are infinite, and the samplers start at $T$ itself
+    through the velocity (see [`sdegen.RectifiedFlow`][]).
 
     !!! example
 
@@ -224,7 +232,8 @@ class BetaSDE(AbstractSDE):
 
 CustomSDE.__init__.__doc__ = r"""**Arguments:**
 
-- `alpha`: a callable $\alpha(t) > 0$ of a scalar time (JAX-traceable).
+- `alpha`: a callable $\alpha(t) > 0$ of a scalar time (JAX-traceable); $\alpha(T)
+  = 0$ is allowed (write it so that it is exactly 0, e.g. `lambda t: 1 - t`).
 - `sigma`: a callable $\sigma(t) > 0$ for $t > 0$, with $\alpha/\sigma$ strictly
   decreasing.
 - `T`: the final time (default 1).

@@ -16,16 +16,26 @@ exponential integrators (DDIM, DPM-Solver, EDM) can work with $\alpha(t)$, $\sig
 and the denoiser instead of the vector field.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import diffrax
 import equinox as eqx
+import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._core._checks import check_output, check_score
 from .._core._custom_types import Data, RealScalarLike, Scalar
+from ._conversions import (
+    AbstractPredictor,
+    limit_denoise,
+    rates,
+    to_pair,
+    vanishes_at_T,
+)
 from ._sde import AbstractSDE, check_sde
 
 
@@ -98,16 +108,26 @@ class _Drift(eqx.Module):
 
 
 class _Diffusion(eqx.Module):
+    r"""$\eta\,g(t)$; where $\alpha(t) = 0$ (the end $t = T$ of an interpolant, where
+    $g = \infty$) it is 0, the probability-flow limit (see [`sdegen.ScoreDrift`][])."""
+
     sde: AbstractSDE
     time: TimeMap = eqx.field(static=True, default="t")
+    scale: float = eqx.field(static=True, default=1.0)
 
     def __call__(self, u):
-        return jnp.sqrt(self.sde._g2(sde_time(self.sde, u, self.time)))
+        t = sde_time(self.sde, u, self.time)
+        g2 = self.sde._g2(t)
+        if vanishes_at_T(self.sde):
+            g2 = jnp.where(self.sde._alpha(t) == 0, jnp.zeros_like(g2), g2)
+        g = jnp.sqrt(g2)
+        return g if self.scale == 1.0 else self.scale * g
 
 
 class EvalCounter:
     """Wraps a score to count its calls while a solver step is traced (see
-    `_engine/_integrate.count_evals`)."""
+    `_engine/_integrate.count_evals`). `uncounted` is the score itself: the other
+    branch of a `lax.cond` that replaces a counted call (one evaluation either way)."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -117,17 +137,40 @@ class EvalCounter:
         self.calls += 1
         return self.fn(*args, **kwargs)
 
+    @property
+    def uncounted(self) -> Callable:
+        return self.fn
+
+
+def _same_sde(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(eqx.tree_equal(a, b))
+    except Exception:  # traced fields: not provably the same
+        return False
+
 
 class ScoreDrift(eqx.Module):
-    r"""The drift $f(t)x - w\,g(t)^2 s(t, x)$ of the reverse-time SDE ($w = 1$) or of
-    the probability-flow ODE ($w = \tfrac12$), as a diffrax vector field
-    `(u, x, args)`, where the integration time $u$ maps to the SDE's time by `time`:
-    $t = u$ (`"t"`), $t = T - u$ (`"T-u"`) or $t = -u$ (`"-u"`). In the reversed forms
-    $u$ increases as $t$ decreases and the sign of the drift flips.
+    r"""The drift $f(t)x - w\,g(t)^2 s(t, x)$ of the reverse-time SDE family
+    ($w = (1 + \eta^2)/2$; $w = 1$ the reverse SDE) or of the probability-flow ODE
+    ($w = \tfrac12$), as a diffrax vector field `(u, x, args)`, where the integration
+    time $u$ maps to the SDE's time by `time`: $t = u$ (`"t"`), $t = T - u$ (`"T-u"`)
+    or $t = -u$ (`"-u"`). In the reversed forms $u$ increases as $t$ decreases and the
+    sign of the drift flips.
 
-    It also exposes the SDE, the score (`score_at`) and Tweedie's denoiser
-    (`denoise`), which sdegen's exponential integrators use. The score's output shape
-    is checked against the state when traced.
+    It also exposes the SDE, the score (`score_at`), the data prediction (`denoise`)
+    and the velocity (`velocity`), which sdegen's exponential integrators use. The
+    score's output shape is checked against the state when traced.
+
+    **Velocity models and $t = T$ of an interpolant.** For a
+    [`sdegen.nn.VelocityParam`][] of the same SDE the drift is written in its
+    prediction $v$: $v + (2w - 1)(v - f x)$ ($= v$ for the ODE), and
+    $D = (\sigma' x - \sigma v)/(\alpha\sigma' - \alpha'\sigma)$. Where
+    $\alpha(t) = 0$ ($t = T$ of [`sdegen.RectifiedFlow`][],
+    [`sdegen.CosineInterpolant`][], a [`sdegen.CustomSDE`][] with $\alpha(T) = 0$),
+    $f$ and $g$ are infinite; there the drift is the velocity ($\eta = 0$, the
+    probability-flow limit, and the diffusion is 0), and for any other model
+    $D(T, x) = (2\sigma\sigma' s + \sigma^2\partial_t s)/\alpha'$, the exact limit of
+    $(x + \sigma^2 s)/\alpha$, with $\partial_t s$ from one forward-mode evaluation.
     """
 
     sde: AbstractSDE
@@ -143,20 +186,102 @@ class ScoreDrift(eqx.Module):
         s = check_output(call_score(self.score, t, x, args), x, "score")
         return s.astype(x.dtype)
 
+    def _velocity_model(self) -> Any:
+        """The model, if it predicts the velocity of this very SDE (else `None`)."""
+        m = self.score.uncounted if isinstance(self.score, EvalCounter) else self.score
+        if isinstance(m, AbstractPredictor) and m.predicts == "velocity" and _same_sde(
+            m.sde, self.sde
+        ):
+            return self.score
+        return None
+
+    def _v_native(self, model: Any, t: Any, x: Data, args: Any) -> Data:
+        if isinstance(model, EvalCounter):  # one evaluation of the model
+            model.calls += 1
+            model = model.fn
+        v = call_score(model.prediction, t, x, args)
+        return check_output(v, x, "velocity").astype(x.dtype)
+
+    def _limit_d(self, t: Any, x: Data, args: Any) -> Data:
+        r"""$D$ where $\alpha(t) = 0$, from the score's time derivative (uncounted: it
+        replaces the plain evaluation in a `lax.cond`)."""
+        fn = self.score.uncounted if isinstance(self.score, EvalCounter) else self.score
+        return limit_denoise(self.sde, lambda tt: call_score(fn, tt, x, args), t, x)
+
+    def _guard(self) -> bool:
+        return vanishes_at_T(self.sde)
+
     def denoise(self, t: Any, x: Data, args: Any = None) -> Data:
-        r"""Tweedie's denoiser $D(t, x) = (x + \sigma(t)^2 s(t, x))/\alpha(t)$ at the
-        SDE's time $t$ (the data prediction of DPM-Solver++ and EDM)."""
-        sig2 = self.sde._sigma(t) ** 2
-        return ((x + sig2 * self.score_at(t, x, args)) / self.sde._alpha(t)).astype(
-            x.dtype
-        )
+        r"""The data prediction $D(t, x) = (x + \sigma(t)^2 s(t, x))/\alpha(t)$ at the
+        SDE's time $t$ (Tweedie's denoiser; the data prediction of DPM-Solver++ and
+        EDM), from a velocity model's $v$ directly, and as the exact limit where
+        $\alpha(t) = 0$."""
+        model = self._velocity_model()
+        if model is not None:
+            v = self._v_native(model, t, x, args)
+            return to_pair(self.sde, t, x, v, "velocity")[0].astype(x.dtype)
+
+        def plain():
+            sig2 = self.sde._sigma(t) ** 2
+            d = (x + sig2 * self.score_at(t, x, args)) / self.sde._alpha(t)
+            return d.astype(x.dtype)
+
+        if not self._guard():
+            return plain()
+        return lax.cond(self.sde._alpha(t) == 0, lambda: self._limit_d(t, x, args), plain)
+
+    def denoise_limit(self, t: Any, x: Data, args: Any = None) -> Data:
+        r"""`denoise` at a time where $\alpha(t) = 0$, for a solver's first step from
+        $\lambda = -\infty$ inside a `lax.cond` (uncounted, see `EvalCounter`)."""
+        model = self._velocity_model()
+        if model is not None:
+            fn = model.uncounted if isinstance(model, EvalCounter) else model
+            v = call_score(fn.prediction, t, x, args).astype(x.dtype)
+            return to_pair(self.sde, t, x, v, "velocity")[0].astype(x.dtype)
+        return self._limit_d(t, x, args)
+
+    def velocity(self, t: Any, x: Data, args: Any = None) -> Data:
+        r"""The velocity $v(t, x) = \alpha' D + \sigma'\hat\varepsilon$, the
+        probability-flow ODE's drift (a velocity model's own prediction; from a
+        score $f x - \tfrac12 g^2 s$, and $\alpha' D + \sigma'(-\sigma s)$ with the
+        limit $D$ where $\alpha(t) = 0$)."""
+        model = self._velocity_model()
+        if model is not None:
+            return self._v_native(model, t, x, args)
+        return self._from_score(t, x, args, 0.5)
+
+    def _from_score(self, t, x, args, weight):
+        def plain():
+            out = self.sde._f(t) * x - weight * self.sde._g2(t) * self.score_at(
+                t, x, args
+            )
+            return out.astype(jnp.result_type(x))
+
+        if not self._guard():
+            return plain()
+
+        def limit():
+            fn = self.score.uncounted if isinstance(self.score, EvalCounter) else (
+                self.score)  # fmt: skip
+            one = jnp.ones_like(t)
+            s_val, s_dot = jax.jvp(lambda tt: call_score(fn, tt, x, args), (t,), (one,))
+            a, sig, da, ds = rates(self.sde, t)
+            d = (2 * sig * ds * s_val + sig**2 * s_dot) / da
+            return (da * d - ds * sig * s_val).astype(jnp.result_type(x))
+
+        return lax.cond(self.sde._alpha(t) == 0, limit, plain)
 
     def __call__(self, u, x, args):
         t = self.sde_time(u)
-        out = self.sde._f(t) * x - self.weight * self.sde._g2(t) * self.score_at(
-            t, x, args
-        )
-        out = out.astype(jnp.result_type(x))
+        model = self._velocity_model()
+        if model is None:
+            out = self._from_score(t, x, args, self.weight)
+        else:
+            out = self._v_native(model, t, x, args)
+            if self.weight != 0.5:
+                f = self.sde._f(t)
+                f = jnp.where(self.sde._alpha(t) == 0, jnp.zeros_like(f), f)
+                out = (out + (2 * self.weight - 1) * (out - f * x)).astype(x.dtype)
         return out if self.time == "t" else -out
 
 
@@ -207,10 +332,15 @@ def reverse_terms(
     brownian: diffrax.AbstractPath,
     *,
     reversed_time: bool | str = False,
+    noise_scale: float = 1.0,
 ) -> diffrax.MultiTerm:
     r"""The reverse-time SDE
     $\mathrm{d}x = [f(t)x - g(t)^2 \nabla_x\log p_t(x)]\,\mathrm{d}t + g(t)\,
-    \mathrm{d}\bar W$ (Anderson 1982; Song et al. 2021, eq. 6).
+    \mathrm{d}\bar W$ (Anderson 1982; Song et al. 2021, eq. 6), or with
+    `noise_scale` $\eta$ the family
+    $\mathrm{d}x = [f x - \tfrac{1 + \eta^2}{2} g^2 s]\,\mathrm{d}t + \eta g\,
+    \mathrm{d}\bar W$ with the same marginals ($\eta = 0$ the probability-flow ODE,
+    $\eta = 1$ the reverse SDE, $\eta > 1$ more noise).
 
     By default the terms are written in the SDE's own time $t$: integrate from
     $t_0 = T$ to $t_1 = \varepsilon$ with a negative `dt0`, using a Brownian path over
@@ -233,6 +363,7 @@ def reverse_terms(
       see [`sdegen.ScoreDrift`][]).
     - `brownian`: a diffrax Brownian path with the data's shape.
     - `reversed_time`: `False`, `True` (the same as `"T-u"`) or `"-u"`.
+    - `noise_scale`: $\eta \ge 0$, a Python float (default 1).
 
     **Returns:** a `diffrax.MultiTerm` of the drift and the noise.
     """
@@ -240,10 +371,27 @@ def reverse_terms(
     check_score(score)
     _check_brownian(brownian)
     time = _time_map(reversed_time)
+    eta = check_noise_scale(noise_scale)
+    weight = 1.0 if eta == 1.0 else 0.5 * (1.0 + eta**2)
     return diffrax.MultiTerm(
-        diffrax.ODETerm(ScoreDrift(sde, score, 1.0, time)),
-        ScalarDiffusionTerm(_Diffusion(sde, time), brownian),
+        diffrax.ODETerm(ScoreDrift(sde, score, weight, time)),
+        ScalarDiffusionTerm(_Diffusion(sde, time, eta), brownian),
     )
+
+
+def check_noise_scale(noise_scale: Any) -> float:
+    r"""`noise_scale` $\eta$ as a Python float: finite and $\ge 0$ (it fixes the
+    compiled terms), or a `ValueError` naming it."""
+    try:
+        eta = float(noise_scale)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        raise ValueError(
+            "`noise_scale` must be a Python float >= 0 (it is static: one compiled "
+            f"sampler per value), got {type(noise_scale).__name__}."
+        ) from None
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"`noise_scale` must be finite and >= 0, got {eta}.")
+    return eta
 
 
 def probability_flow_term(

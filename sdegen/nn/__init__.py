@@ -15,5 +15,6 @@ from ._param import (
     EDMPreconditioner as EDMPreconditioner,
     NoiseParam as NoiseParam,
     ScoreParam as ScoreParam,
+    VelocityParam as VelocityParam,
 )
 from ._unet import UNet as UNet

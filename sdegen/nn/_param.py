@@ -13,20 +13,25 @@ output,
 
 $$s(t, x) = a(t)\,x + b(t)\,F\big(c_{\text{noise}}(t),\ c_{\text{in}}(t)\,x\big),$$
 
-so [`sdegen.nn.AbstractParametrisation`][] implements `__call__`, `denoise` and `eps`
-once and each concrete class only gives its four coefficients.
+so [`sdegen.nn.AbstractParametrisation`][] implements `__call__` once and each
+concrete class gives its four coefficients and its native prediction (`predicts`:
+score, noise, data or velocity). `denoise`, `eps` and `velocity` convert the native
+prediction by the one table of `sdegen/_processes/_conversions.py` (see the concepts
+page "Flow matching and interpolants"), and the samplers use it directly: the
+probability-flow ODE of a [`sdegen.nn.VelocityParam`][] integrates $v$ itself.
 """
 
 import abc
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._core._custom_types import KeyArray, RealScalarLike, Scalar
+from .._processes._conversions import AbstractPredictor, convert, rates
 from .._processes._sde import AbstractSDE, as_time
 
 
@@ -56,13 +61,15 @@ def _call_net(net, t, x, label, key):
     return net(t, x, **kwargs)
 
 
-class AbstractParametrisation(eqx.Module):
+class AbstractParametrisation(AbstractPredictor):
     r"""A score model $s(t, x) = a(t)\,x + b(t)\,F(c_{\text{noise}}(t),
     c_{\text{in}}(t)\,x)$ built from a network $F$ called as `net(t, x, *, label,
     key)`.
 
-    Subclasses give the coefficients in `score_coefficients`; the score (`__call__`),
-    the Tweedie denoiser (`denoise`) and the noise prediction (`eps`) are shared.
+    Subclasses give the coefficients in `score_coefficients` and the native
+    prediction (`predicts`, `prediction`); the score (`__call__`), the data prediction
+    (`denoise`), the noise prediction (`eps`) and the velocity (`velocity`) are
+    shared.
     Called unbatched as `param(t, x, *, label=None, key=None)`, like any score
     function.
     """
@@ -99,13 +106,22 @@ class AbstractParametrisation(eqx.Module):
         """
         x = jnp.asarray(x)
         a, b, c_in, c_noise = self.score_coefficients(t)
-        f = jnp.asarray(_call_net(self.net, c_noise, c_in * x, label, key))
-        if f.shape != x.shape:
+        return a * x + b * self._net_output(c_noise, c_in * x, label, key)
+
+    def _net_output(self, c_noise, x_in, label, key):
+        f = jnp.asarray(_call_net(self.net, c_noise, x_in, label, key))
+        if f.shape != x_in.shape:
             raise ValueError(
-                f"`net` must return an array of the input's shape {x.shape}, got shape "
-                f"{f.shape}."
+                f"`net` must return an array of the input's shape {x_in.shape}, got "
+                f"shape {f.shape}."
             )
-        return a * x + b * f
+        return f
+
+    def _convert(self, what, dst, t, x, label, key):
+        sde = self._sde_or_raise(what)
+        x = jnp.asarray(x)
+        value = self.prediction(t, x, label=label, key=key)
+        return convert(sde, as_time(t), x, value, self.predicts, dst)
 
     def _sde_or_raise(self, what: str) -> AbstractSDE:
         if self.sde is None:
@@ -123,13 +139,11 @@ class AbstractParametrisation(eqx.Module):
         label: Int[ArrayLike, ""] | None = None,
         key: KeyArray | None = None,
     ) -> Float[Array, "*data"]:
-        r"""Tweedie's estimate of the clean data,
-        $\hat x_0(t, x) = \big(x + \sigma(t)^2 s(t, x)\big)/\alpha(t)$ (Efron 2011)."""
-        sde = self._sde_or_raise("denoise")
-        x = jnp.asarray(x)
-        s = self(t, x, label=label, key=key)
-        t = as_time(t)
-        return (x + sde._sigma(t) ** 2 * s) / sde._alpha(t)
+        r"""The data prediction $\hat x_0 = \mathbb{E}[x_0 \mid x_t = x]$, converted from
+        the native prediction (from a score: Tweedie's $(x + \sigma^2 s)/\alpha$, Efron
+        2011; from a velocity: $(\sigma' x - \sigma v)/(\alpha\sigma' - \alpha'\sigma)$,
+        finite where $\alpha = 0$)."""
+        return self._convert("denoise", "x0", t, x, label, key)
 
     def eps(
         self,
@@ -141,14 +155,26 @@ class AbstractParametrisation(eqx.Module):
     ) -> Float[Array, "*data"]:
         r"""The noise prediction $\hat\varepsilon(t, x) = -\sigma(t)\, s(t, x)$, the
         estimate of $\varepsilon$ in $x = \alpha(t) x_0 + \sigma(t)\varepsilon$."""
-        sde = self._sde_or_raise("eps")
-        return -sde._sigma(as_time(t)) * self(t, x, label=label, key=key)
+        return self._convert("eps", "eps", t, x, label, key)
+
+    def velocity(
+        self,
+        t: RealScalarLike,
+        x: Float[ArrayLike, "*data"],
+        *,
+        label: Int[ArrayLike, ""] | None = None,
+        key: KeyArray | None = None,
+    ) -> Float[Array, "*data"]:
+        r"""The velocity $v = \alpha' \hat x_0 + \sigma'\hat\varepsilon$, the
+        probability-flow ODE's drift $\mathrm{d}x/\mathrm{d}t$."""
+        return self._convert("velocity", "velocity", t, x, label, key)
 
 
 class ScoreParam(AbstractParametrisation):
     r"""Direct score parametrisation: $s(t, x) = F(t, x)$ (Song & Ermon 2019;
     Song et al. 2021). `sde` is optional and only needed for `denoise` and `eps`."""
 
+    predicts: ClassVar[str] = "score"
     net: Callable
     sde: AbstractSDE | None = None
 
@@ -160,12 +186,17 @@ class ScoreParam(AbstractParametrisation):
         t = as_time(t)
         return jnp.zeros_like(t), jnp.ones_like(t), jnp.ones_like(t), t
 
+    def prediction(self, t, x, *, label=None, key=None):
+        """The score $F(t, x)$."""
+        return self(t, x, label=label, key=key)
+
 
 class NoiseParam(AbstractParametrisation):
     r"""Noise-prediction parametrisation (Ho et al. 2020): the network predicts
     $\varepsilon$ in $x = \alpha(t) x_0 + \sigma(t)\varepsilon$, and
     $s(t, x) = -F(t, x)/\sigma(t)$."""
 
+    predicts: ClassVar[str] = "eps"
     net: Callable
     sde: AbstractSDE
 
@@ -176,6 +207,46 @@ class NoiseParam(AbstractParametrisation):
     def score_coefficients(self, t):
         t = as_time(t)
         return jnp.zeros_like(t), -1 / self.sde._sigma(t), jnp.ones_like(t), t
+
+    def prediction(self, t, x, *, label=None, key=None):
+        r"""The noise prediction $F(t, x)$."""
+        x = jnp.asarray(x)
+        return self._net_output(as_time(t), x, label, key)
+
+
+class VelocityParam(AbstractParametrisation):
+    r"""Velocity parametrisation, the target of flow matching (Lipman et al. 2022; Liu
+    et al. 2022; SiT): the network predicts
+    $v = \mathbb{E}[\alpha'(t) x_0 + \sigma'(t)\varepsilon \mid x_t = x]$, the
+    probability-flow ODE's drift. On the straight path [`sdegen.RectifiedFlow`][] that
+    is $(\varepsilon - x_0)/T$; on VP paths Salimans & Ho's $v$-prediction
+    $\alpha\varepsilon - \sigma x_0$ times $\sigma'/\alpha$ (see the concepts page).
+
+    The score is $s = (\alpha v - \alpha' x)/(\sigma(\alpha'\sigma -
+    \alpha\sigma'))$, finite at $t = T$ where $\alpha = 0$ ($s = -x/\sigma^2$ there);
+    the samplers integrate $v$ itself (no division by $\sigma$ or $\alpha$).
+    """
+
+    predicts: ClassVar[str] = "velocity"
+    net: Callable
+    sde: AbstractSDE
+
+    def __check_init__(self):
+        _check_net(self.net)
+        _check_sde(self.sde)
+
+    def score_coefficients(self, t):
+        r"""$a = -\alpha'/c$, $b = \alpha/c$ with $c = \sigma(\alpha'\sigma -
+        \alpha\sigma')$; the network sees $(t, x)$."""
+        t = as_time(t)
+        alpha, sigma, da, ds = rates(self.sde, t)
+        c = sigma * (da * sigma - alpha * ds)
+        return -da / c, alpha / c, jnp.ones_like(t), t
+
+    def prediction(self, t, x, *, label=None, key=None):
+        r"""The velocity $F(t, x)$."""
+        x = jnp.asarray(x)
+        return self._net_output(as_time(t), x, label, key)
 
 
 class EDMPreconditioner(AbstractParametrisation):
@@ -201,6 +272,7 @@ class EDMPreconditioner(AbstractParametrisation):
     this is exactly EDM's Table 1.
     """
 
+    predicts: ClassVar[str] = "x0"
     net: Callable
     sde: AbstractSDE
     sigma_data: float = 0.5
@@ -252,6 +324,15 @@ class EDMPreconditioner(AbstractParametrisation):
         b = self.sigma_data * alpha / (sigma * jnp.sqrt(v))
         return a, b, 1 / jnp.sqrt(v), self.c_noise(t)
 
+    def prediction(self, t, x, *, label=None, key=None):
+        r"""The denoiser $D = c_{\text{skip}}\tilde x + c_{\text{out}}
+        F(c_{\text{noise}}, c_{\text{in}}\tilde x)$, $\tilde x = x/\alpha$."""
+        x = jnp.asarray(x)
+        t = as_time(t)
+        xt = x / self.sde._alpha(t)
+        f = self._net_output(self.c_noise(t), self.c_in(t) * xt, label, key)
+        return self.c_skip(t) * xt + self.c_out(t) * f
+
 
 ScoreParam.__init__.__doc__ = r"""**Arguments:**
 
@@ -262,6 +343,12 @@ NoiseParam.__init__.__doc__ = r"""**Arguments:**
 
 - `net`: a network `net(t, x)` predicting the noise $\varepsilon$.
 - `sde`: the [`sdegen.AbstractSDE`][] whose $\sigma(t)$ converts noise to score.
+"""
+VelocityParam.__init__.__doc__ = r"""**Arguments:**
+
+- `net`: a network `net(t, x)` predicting the velocity $v$.
+- `sde`: the path ([`sdegen.RectifiedFlow`][], [`sdegen.CosineInterpolant`][] or any
+  [`sdegen.AbstractSDE`][]) whose $\alpha, \sigma, \alpha', \sigma'$ convert $v$.
 """
 EDMPreconditioner.__init__.__doc__ = r"""**Arguments:**
 
