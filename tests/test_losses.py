@@ -458,8 +458,8 @@ def test_edm_weighting_is_the_edm_loss(getkey):
         assert jnp.allclose(loss, jnp.sum((raw - target) ** 2), rtol=1e-10)
     # the name "edm" is sigma_data = 0.5
     assert resolve_weighting("edm") == sg.EDMWeighting(0.5)
-    assert sg.WEIGHTINGS == ("sigma2", "likelihood", "edm")
-    assert sg.TIME_SAMPLINGS == ("uniform", "importance", "lognormal")
+    assert sg.WEIGHTINGS == ("sigma2", "likelihood", "edm", "cfm")
+    assert sg.TIME_SAMPLINGS == ("uniform", "importance", "lognormal", "logit_normal")
 
 
 def test_stratified_times_one_per_stratum_unbiased_less_variance(getkey):

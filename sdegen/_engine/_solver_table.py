@@ -193,6 +193,13 @@ _ROWS += [
     SolverInfo("lognormal", _lazy(".._training._losses._weighting", "LogNormalTimes"),
                "EDM: ln(sigma/alpha) ~ N(-1.2, 1.2^2), t = inverse_lambda(-ln sigma~), "
                "clipped to [eps, T].", kind="time", reference="Karras et al. 2022"),
+    SolverInfo("logit_normal", _lazy(".._training._losses._weighting", "LogitNormalTimes"),
+               "SD3: logit(t/T) ~ N(0, 1) (sdegen.LogitNormalTimes for m, s), clipped "
+               "to [eps, T].", kind="time", reference="Esser et al. 2024"),
+    SolverInfo("cfm", _lazy(".._training._losses._cfm", "CFMWeighting"),
+               "lambda(t) = g(t)^4/4: DSM with it is the flow-matching loss "
+               "||v - (alpha' x0 + sigma' eps)||^2 (sdegen.cfm_loss).",
+               kind="weighting", reference="Lipman et al. 2023"),
 ]  # fmt: skip
 
 

@@ -17,14 +17,23 @@ function of one example: an [`sdegen.nn.AbstractParametrisation`][] or any calla
 - `ssm_loss`: $\lambda(t)[v^\top J v + \tfrac12 (v^\top s)^2]$ at $x_t$ (Song et al.
   2019, sliced score matching);
 - `ism_loss`: $\lambda(t)[\operatorname{tr} J + \tfrac12\lVert s\rVert^2]$ at $x_t$
-  (Hyvärinen 2005),
+  (Hyvärinen 2005);
+- `cfm_loss`: $\lVert \hat v(t, x_t) - (\alpha'(t) x_0 + \sigma'(t) z)\rVert^2$
+  (conditional flow matching, Lipman et al. 2023), with the couplings of
+  `_couplings.py` (Tong et al. 2023),
 
 with $x_t = \alpha(t) x_0 + \sigma(t) z$, $z \sim \mathcal{N}(0, I)$ and
 $J = \partial s / \partial x$.
 """
 
 from ..._engine._solver_table import REGISTRY as _REGISTRY
+from ._cfm import (
+    CFMWeighting as CFMWeighting,
+    cfm_loss as cfm_loss,
+    single_cfm_loss as single_cfm_loss,
+)
 from ._common import REDUCTIONS as REDUCTIONS
+from ._couplings import COUPLINGS as COUPLINGS
 from ._ddpm import ddpm_loss as ddpm_loss, single_ddpm_loss as single_ddpm_loss
 from ._dsm import dsm_loss as dsm_loss, single_dsm_loss as single_dsm_loss
 from ._implicit import (
@@ -44,6 +53,7 @@ from ._weighting import (
     EDMWeighting as EDMWeighting,
     ImportanceTimes as ImportanceTimes,
     LikelihoodWeighting as LikelihoodWeighting,
+    LogitNormalTimes as LogitNormalTimes,
     LogNormalTimes as LogNormalTimes,
     Sigma2Weighting as Sigma2Weighting,
     UniformTimes as UniformTimes,

@@ -232,6 +232,33 @@ class LogNormalTimes(AbstractTimeSampling):
         return t.astype(u.dtype), jnp.ones_like(u)
 
 
+class LogitNormalTimes(AbstractTimeSampling):
+    r"""Stable Diffusion 3's logit-normal times (Esser et al. 2024, "Scaling
+    Rectified Flow Transformers for High-Resolution Image Synthesis", §3.1):
+    $\operatorname{logit}(t/T) \sim \mathcal{N}(m, s^2)$, i.e.
+    $t = T\,\operatorname{sigmoid}(m + s\,\Phi^{-1}(u))$, clipped to
+    $[\varepsilon, T]$, $w = 1$. Its density
+    $p(t) = \frac{1}{s\sqrt{2\pi}}\frac{T}{t(T - t)}
+    \exp\!\big(-(\operatorname{logit}(t/T) - m)^2/2s^2\big)$ puts the training on
+    the middle of the path (with $m > 0$, nearer the noise). Like
+    [`sdegen.LogNormalTimes`][] it changes the objective (it is not an unbiased
+    draw of $t \sim \mathcal{U}(\varepsilon, T)$); it works with every loss and SDE."""
+
+    m: float = 0.0
+    s: float = 1.0
+
+    def __check_init__(self):
+        if concrete_float("m", self.m) is not None and not math.isfinite(float(self.m)):
+            raise ValueError(f"`m` must be finite, got {self.m!r}.")
+        check_positive("s", self.s)
+
+    def sample(self, sde, u, eps):
+        tiny = jnp.finfo(jnp.result_type(u)).tiny
+        z = jax.scipy.special.ndtri(jnp.clip(u, tiny, 1 - jnp.finfo(u.dtype).epsneg))
+        t = jnp.clip(sde.T * jax.nn.sigmoid(self.m + self.s * z), eps, sde.T)
+        return t.astype(u.dtype), jnp.ones_like(u)
+
+
 TimeSampling = str | AbstractTimeSampling
 """A name of [`sdegen.TIME_SAMPLINGS`][] or an [`sdegen.AbstractTimeSampling`][]."""
 
