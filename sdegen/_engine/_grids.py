@@ -14,6 +14,12 @@ both ends exact):
   $\tilde\sigma_i = \big(\tilde\sigma_{\max}^{1/\rho} + \tfrac{i}{N}
   (\tilde\sigma_{\min}^{1/\rho} - \tilde\sigma_{\max}^{1/\rho})\big)^\rho$,
   $\rho = 7$ by default.
+
+On a path that ends in pure noise ($\alpha(T) = 0$: [`sdegen.RectifiedFlow`][],
+[`sdegen.CosineInterpolant`][]) $\lambda(T) = -\infty$ and $\tilde\sigma(T) = \infty$;
+the `"logsnr"` and `"karras"` grids then space their points as if
+$\lambda(T) = -\lambda(\varepsilon)$ (the mirror image of the last point,
+$\tilde\sigma_{\max} = 1/\tilde\sigma_{\min}$) and keep their first point exactly $T$.
 """
 
 from typing import Any
@@ -43,6 +49,7 @@ def logsnr_grid(sde: AbstractSDE, num_steps: int, eps: Any, dtype: Any) -> Array
     $\lambda(\varepsilon)$."""
     T = jnp.asarray(sde.T, dtype)
     lo, hi = sde._lambda(T), sde._lambda(jnp.asarray(eps, dtype))
+    lo = jnp.where(jnp.isfinite(lo), lo, -jnp.abs(hi))  # alpha(T) = 0: the mirror
     lam = jnp.linspace(lo, hi, num_steps + 1, dtype=dtype)
     ts = jax.vmap(sde._inverse_lambda)(lam)
     return _exact_ends(ts, sde, eps)
@@ -54,6 +61,7 @@ def karras_grid(sde: AbstractSDE, num_steps: int, eps: Any, dtype: Any,
     T = jnp.asarray(sde.T, dtype)
     s_max = jnp.exp(-sde._lambda(T))
     s_min = jnp.exp(-sde._lambda(jnp.asarray(eps, dtype)))
+    s_max = jnp.where(jnp.isfinite(s_max), s_max, 1 / s_min)  # alpha(T) = 0: the mirror
     frac = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
     root = s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))
     ts = jax.vmap(sde._inverse_lambda)(-rho * jnp.log(root))

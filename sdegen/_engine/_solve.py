@@ -48,7 +48,8 @@ def _identity(u):
     return u
 
 
-def _terms(sde, score, x, solver, stochastic, grid_u, key, tree_tol, t_span):
+def _terms(sde, score, x, solver, stochastic, grid_u, key, tree_tol, t_span,
+           noise_scale=1.0):  # fmt: skip
     if not stochastic:
         return probability_flow_term(sde, score), _identity
     shape = shape_dtype(x)
@@ -58,13 +59,15 @@ def _terms(sde, score, x, solver, stochastic, grid_u, key, tree_tol, t_span):
     else:
         path = diffrax.VirtualBrownianTree(t_span[0], t_span[1], tol=tree_tol,
                                            shape=shape, key=key, levy_area=levy)  # fmt: skip
-    return reverse_terms(sde, score, path, reversed_time="-u"), _negate
+    terms = reverse_terms(sde, score, path, reversed_time="-u", noise_scale=noise_scale)
+    return terms, _negate
 
 
 @eqx.filter_jit
-def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save):
+def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save, noise_scale=1.0):
     grid = -ts if stochastic else ts
-    terms, time_of = _terms(sde, score, x_init, solver, stochastic, grid, key, None, None)
+    terms, time_of = _terms(sde, score, x_init, solver, stochastic, grid, key, None, None,
+                            noise_scale)  # fmt: skip
     solver = on_grid(solver, ts.shape[0] - 1)
     return fixed_solve(terms, solver, grid, x_init, args=args, save_trajectory=save,
                        time_of=time_of)  # fmt: skip
@@ -72,11 +75,12 @@ def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save):
 
 @eqx.filter_jit
 def _adaptive(key, sde, score, x_init, t0, t1, solver, stochastic, args, rtol, atol,
-              dt0, save_ts, max_steps, adjoint, norm, tree_tol):  # fmt: skip
+              dt0, save_ts, max_steps, adjoint, norm, tree_tol,
+              noise_scale=1.0):  # fmt: skip
     if stochastic:
         span = (-t0, -t1)
         terms, time_of = _terms(sde, score, x_init, solver, True, None, key, tree_tol,
-                                span)  # fmt: skip
+                                span, noise_scale)  # fmt: skip
         save = None if save_ts is None else -save_ts
         dt = None if dt0 is None else jnp.abs(dt0)
     else:
@@ -108,20 +112,24 @@ def solve_reverse(
     adjoint: Any = None,
     norm: Callable = rms_norm,
     tree_tol: Any = None,
+    noise_scale: float = 1.0,
 ) -> tuple[Any, Any, SolveStats]:
     r"""Run `solver` on the reverse process from `x_init`: on the fixed decreasing grid
     `ts` (in the SDE's time), or adaptively from `t_span[0]` down to `t_span[1]` with
     `rtol`/`atol` (saving at `save_ts`). `stochastic` selects the reverse SDE (with a
-    Brownian path from `key`) over the probability-flow ODE.
+    Brownian path from `key`) over the probability-flow ODE; `noise_scale` $\eta$
+    picks the member of the reverse-SDE family (see [`sdegen.reverse_terms`][]).
 
     **Returns:** `(x, trajectory_or_None, stats)`.
     """
     if ts is not None:
-        return _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save)
+        return _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save,
+                      noise_scale)  # fmt: skip
     t0, t1 = (jnp.asarray(v, x_init.dtype) for v in t_span)
     rtol, atol = jnp.asarray(rtol, x_init.dtype), jnp.asarray(atol, x_init.dtype)
     return _adaptive(key, sde, score, x_init, t0, t1, solver, stochastic, args, rtol,
-                     atol, dt0, save_ts, max_steps, adjoint, norm, tree_tol)  # fmt: skip
+                     atol, dt0, save_ts, max_steps, adjoint, norm, tree_tol,
+                     noise_scale)  # fmt: skip
 
 
 def finish(x: Any, stats: SolveStats, where: str, throw: bool, *,

@@ -31,7 +31,9 @@ from .._engine._grids import resolve_grid
 from .._engine._integrate import per_sample_rms_norm
 from .._engine._solve import finish, is_adaptive, outputs, solve_reverse, start, tweedie
 from .._engine._solver_table import solver as get_solver
+from .._engine._solvers import AbstractDiffusionSolver, DPMSolverPP2MSDE
 from .._processes._sde import AbstractSDE, check_sde
+from .._processes._terms import check_noise_scale
 from ._flow import solve_flow
 
 
@@ -59,10 +61,14 @@ def sample_sde(
     return_trajectory: bool = False,
     return_stats: bool = False,
     throw: bool = True,
+    noise_scale: float = 1.0,
 ) -> Any:
     r"""Draw one sample by solving the reverse-time SDE
     $\mathrm{d}x = [f(t)x - g(t)^2 s(t, x)]\,\mathrm{d}t + g(t)\,\mathrm{d}\bar W$
-    from $x_T \sim p_T$ (the prior) down to $t = \varepsilon$.
+    from $x_T \sim p_T$ (the prior) down to $t = \varepsilon$, or with `noise_scale`
+    $\eta$ the family $\mathrm{d}x = [f x - \tfrac{1 + \eta^2}{2}g^2 s]\,\mathrm{d}t +
+    \eta g\,\mathrm{d}\bar W$ with the same marginals ($\eta = 0$ the probability-flow
+    ODE, $\eta = 1$ the reverse SDE, $\eta > 1$ more noise).
 
     Any SDE solver of [`sdegen.SOLVERS`][] works: diffrax's (Euler–Maruyama, Heun,
     SRK methods, ...) and sdegen's (`"ancestral"`, `"dpmpp_2m_sde"`, `"edm_sde"`, ...).
@@ -99,6 +105,10 @@ def sample_sde(
       result code).
     - `throw`: raise if the solve fails (non-finite state, step limit); with
       `throw=False` read `stats.result` instead.
+    - `noise_scale`: $\eta \ge 0$, a Python float (default 1: the reverse SDE). Every
+      diffrax solver takes it through the terms; `"dpmpp_2m_sde"` solves the same family
+      exactly in $\lambda$ (its `eta` times $\eta^2$); `"ancestral"`, `"edm_sde"` and
+      DDIM have their own noise parameter and raise for $\eta \ne 1$.
 
     **Returns:** the sample (shape `shape`), then the trajectory and the statistics
     if asked for.
@@ -114,6 +124,15 @@ def sample_sde(
     num_steps = check_int("num_steps", num_steps)
     where = describe("sample_sde", solver)
     solver = get_solver(solver, kind="sde")
+    noise_scale = check_noise_scale(noise_scale)
+    if noise_scale != 1.0 and isinstance(solver, AbstractDiffusionSolver) and not (
+        isinstance(solver, DPMSolverPP2MSDE)
+    ):
+        raise ValueError(
+            f"`noise_scale` {noise_scale} is not supported by `solver` {where}, which has "
+            "its own noise parameter (DDIM(eta), EDMSampler(s_churn)); use a diffrax "
+            "solver (e.g. 'euler_maruyama', 'heun', 'sra1') or 'dpmpp_2m_sde'."
+        )
     x_init, k_noise, bad = start(key, sde, shape, x_init)
     if ts is None:
         check_eps(sde, eps)
@@ -123,7 +142,8 @@ def sample_sde(
                                dtype=x_init.dtype)  # fmt: skip
         x, traj, stats = solve_reverse(k_noise, sde, score, x_init, solver,
                                        stochastic=True, ts=grid_ts, args=args,
-                                       save=return_trajectory)  # fmt: skip
+                                       save=return_trajectory,
+                                       noise_scale=noise_scale)  # fmt: skip
         t_end = grid_ts[-1] if denoise else None  # (indexing eagerly compiles)
     else:
         if not is_adaptive(solver):
@@ -148,7 +168,7 @@ def sample_sde(
         x, traj, stats = solve_reverse(
             k_noise, sde, score, x_init, solver, stochastic=True,
             t_span=(sde.T, t_end), rtol=rtol, atol=atol, dt0=dt0, save_ts=save_ts,
-            args=args, max_steps=max_steps, tree_tol=tol,
+            args=args, max_steps=max_steps, tree_tol=tol, noise_scale=noise_scale,
         )  # fmt: skip
     x = finish(x, stats, where, throw, bad_input=bad, input_name="x_init")
     if denoise:

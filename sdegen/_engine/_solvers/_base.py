@@ -9,8 +9,10 @@ import abc
 from typing import Any, ClassVar
 
 import diffrax
+import jax.lax as lax
 import jax.numpy as jnp
 
+from ..._processes._conversions import vanishes_at_T
 from ..._processes._terms import ScalarDiffusionTerm, ScoreDrift, drift_of
 from .._brownian import STREAM_W, GridBrownianPath
 
@@ -37,6 +39,25 @@ def at_lambda(drift: ScoreDrift, lam: Any) -> Point:
 
 
 SUCCESS = diffrax.RESULTS.successful
+
+
+def from_noise(drift: ScoreDrift, s: Point, t: Point, y0: Any, args: Any,
+               regular: Any) -> Any:  # fmt: skip
+    r"""`regular()`, the solver's own step, except from a point where $\alpha_s = 0$
+    ($\lambda_s = -\infty$, $t = T$ of an interpolant), where it is the exact
+    exponential-integrator step from pure noise, $e^{-h} = 0$:
+    $x_t = \alpha_t D_s + \sigma_t\hat\varepsilon_s$ with $\hat\varepsilon_s =
+    x_s/\sigma_s$ and $D_s$ the exact limit (see [`sdegen.ScoreDrift`][]). Used by the
+    solvers whose own formula divides by $\alpha_s$ or needs a finite $\lambda_s$
+    (DPM-Solver-2/-3, EDM)."""
+    if not vanishes_at_T(drift.sde):
+        return regular()
+
+    def first():
+        d = drift.denoise_limit(s.t, y0, args)
+        return (t.alpha * d + (t.sigma / s.sigma) * y0).astype(y0.dtype)
+
+    return lax.cond(s.alpha == 0, first, regular)
 
 
 def standard_normal(noise: Any, u0: Any, u1: Any, stream: Any = STREAM_W) -> Any:

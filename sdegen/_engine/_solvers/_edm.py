@@ -20,6 +20,7 @@ from ._base import (
     AbstractGridAware,
     Point,
     at,
+    from_noise,
     need_noise,
     standard_normal,
 )
@@ -44,6 +45,11 @@ class EDMSampler(AbstractDiffusionSolver, AbstractGridAware):
     $S_\text{churn} = 0$ (default) it is deterministic: Heun's method on the
     probability-flow ODE in $\tilde\sigma$ (EDM's Algorithm 1), second order, two
     denoiser calls per step; with churn it needs the reverse-SDE terms for $z$.
+
+    From $t_i$ with $\alpha = 0$ ($\tilde\sigma_i = \infty$, $t = T$ of an
+    interpolant) the step is the limit of the Euler step, DDIM's
+    $x_{i+1} = \alpha D + \sigma\hat\varepsilon$ (no churn, no Heun correction,
+    whose average with an infinite step has no limit).
     """
 
     s_churn: RealScalarLike = 0.0
@@ -80,8 +86,13 @@ class EDMSampler(AbstractDiffusionSolver, AbstractGridAware):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         drift, noise = self.parts(terms)
-        sde = drift.sde
         s, t = at(drift, t0), at(drift, t1)
+        y1 = from_noise(drift, s, t, y0, args,
+                        lambda: self._step(drift, noise, s, t, t0, t1, y0, args))
+        return y1, None, dict(y0=y0, y1=y1), None, SUCCESS
+
+    def _step(self, drift, noise, s, t, t0, t1, y0, args):
+        sde = drift.sde
         sig_s, sig_t = s.sigma / s.alpha, t.sigma / t.alpha
         xs = y0 / s.alpha
         if self._churns():
@@ -106,8 +117,7 @@ class EDMSampler(AbstractDiffusionSolver, AbstractGridAware):
         x1 = xs + (sig_t - sig_hat) * d
         d1 = (x1 - drift.denoise(t.t, (t.alpha * x1).astype(y0.dtype), args)) / sig_t
         x1 = jnp.where(sig_t > 0, xs + (sig_t - sig_hat) * 0.5 * (d + d1), x1)
-        y1 = (t.alpha * x1).astype(y0.dtype)
-        return y1, None, dict(y0=y0, y1=y1), None, SUCCESS
+        return (t.alpha * x1).astype(y0.dtype)
 
 
 EDMSampler.__init__.__doc__ = r"""**Arguments** (EDM's names and defaults):

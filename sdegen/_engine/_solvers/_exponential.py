@@ -44,6 +44,7 @@ from ._base import (
     Point,
     at,
     at_lambda,
+    from_noise,
     need_noise,
     standard_normal,
 )
@@ -216,7 +217,10 @@ class DPMSolverPP2MSDE(AbstractDiffusionSolver):
     + \frac{\alpha_t}{2r}(1 - e^{-(1+\eta)h})(D_s - D_{\text{prev}})
     + \sigma_t\sqrt{1 - e^{-2\eta h}}\,z,$$
 
-    the correction term from the second step on. One denoiser call per step.
+    the correction term from the second step on. One denoiser call per step. It is
+    the exact solution in $\lambda$ (with $D$ extrapolated) of the reverse-SDE family of
+    [`sdegen.reverse_terms`][] with noise scale $\sqrt\eta$; with
+    `sample_sde(..., noise_scale=`$\eta_s$`)` its $\eta$ is multiplied by $\eta_s^2$.
     """
 
     eta: RealScalarLike = 1.0
@@ -241,14 +245,17 @@ class DPMSolverPP2MSDE(AbstractDiffusionSolver):
         s, t = at(drift, t0), at(drift, t1)
         d0 = drift.denoise(s.t, y0, args)
         h = t.lam - s.lam
-        one_minus = -jnp.expm1(-(1 + self.eta) * h)
-        y1 = (t.sigma / s.sigma) * jnp.exp(-self.eta * h) * y0 + t.alpha * one_minus * d0
+        # the terms' noise scale: drift weight w = (1 + noise_scale^2)/2
+        eta = self.eta if drift.weight == 1.0 else self.eta * (2 * drift.weight - 1)
+        eta_h = jnp.where(eta == 0, 0.0, eta * h)  # eta = 0 from lambda = -inf: 0, not NaN
+        one_minus = -jnp.expm1(-h - eta_h)
+        y1 = (t.sigma / s.sigma) * jnp.exp(-eta_h) * y0 + t.alpha * one_minus * d0
         r = (s.lam - solver_state.lam) / h
         use = solver_state.valid & ~jnp.asarray(made_jump) & (t.sigma > 0)
         corr = 0.5 * t.alpha * one_minus / r * (d0 - solver_state.d)
         y1 = jnp.where(use, y1 + corr, y1)
         z = standard_normal(noise, t0, t1)
-        y1 = y1 + t.sigma * jnp.sqrt(-jnp.expm1(-2 * self.eta * h)) * z
+        y1 = y1 + t.sigma * jnp.sqrt(-jnp.expm1(-2 * eta_h)) * z
         y1 = _cast(jnp.where(t.sigma > 0, y1, t.alpha * d0), y0)
         state = _History(d0, s.lam.astype(y0.dtype), jnp.asarray(True))
         return y1, None, dict(y0=y0, y1=y1), state, SUCCESS
@@ -263,7 +270,10 @@ class DPMSolver2(AbstractDiffusionSolver):
     \qquad x_t = \frac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^{h} - 1)
     \hat\epsilon(s_1, u).$$
 
-    Needs $\sigma > 0$ at every grid time.
+    Needs $\sigma > 0$ at every grid time. From $\lambda_s = -\infty$ ($t = T$ of an
+    interpolant, where $\alpha_s = 0$ and the formula's $\alpha_t/\alpha_s$ is
+    infinite) the step is the exact step from pure noise, DDIM's (see
+    [`sdegen.DDIM`][]).
     """
 
     def order(self, terms):
@@ -275,12 +285,16 @@ class DPMSolver2(AbstractDiffusionSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         drift, _ = self.parts(terms)
         s, t = at(drift, t0), at(drift, t1)
-        h = t.lam - s.lam
-        m = at_lambda(drift, s.lam + 0.5 * h)
-        e_s = _noise_prediction(drift, s, y0, args)
-        u = (m.alpha / s.alpha) * y0 - m.sigma * jnp.expm1(0.5 * h) * e_s
-        e_m = _noise_prediction(drift, m, _cast(u, y0), args)
-        y1 = _cast((t.alpha / s.alpha) * y0 - t.sigma * jnp.expm1(h) * e_m, y0)
+
+        def regular():
+            h = t.lam - s.lam
+            m = at_lambda(drift, s.lam + 0.5 * h)
+            e_s = _noise_prediction(drift, s, y0, args)
+            u = (m.alpha / s.alpha) * y0 - m.sigma * jnp.expm1(0.5 * h) * e_s
+            e_m = _noise_prediction(drift, m, _cast(u, y0), args)
+            return _cast((t.alpha / s.alpha) * y0 - t.sigma * jnp.expm1(h) * e_m, y0)
+
+        y1 = from_noise(drift, s, t, y0, args, regular)
         return y1, None, dict(y0=y0, y1=y1), None, SUCCESS
 
 
@@ -298,7 +312,8 @@ class DPMSolver3(AbstractDiffusionSolver):
     \tfrac{1}{r_2}\sigma_t\big(\tfrac{\phi_1(h)}{h} - 1\big)(\hat\epsilon_{s_2} -
     \hat\epsilon_s),$$
 
-    with $\phi_1(v) = e^v - 1$. Needs $\sigma > 0$ at every grid time.
+    with $\phi_1(v) = e^v - 1$. Needs $\sigma > 0$ at every grid time. From
+    $\lambda_s = -\infty$ the step is DDIM's, as for [`sdegen.DPMSolver2`][].
     """
 
     def order(self, terms):
@@ -311,20 +326,24 @@ class DPMSolver3(AbstractDiffusionSolver):
         r1, r2 = 1.0 / 3.0, 2.0 / 3.0
         drift, _ = self.parts(terms)
         s, t = at(drift, t0), at(drift, t1)
-        h = t.lam - s.lam
-        p1 = at_lambda(drift, s.lam + r1 * h)
-        p2 = at_lambda(drift, s.lam + r2 * h)
-        e_s = _noise_prediction(drift, s, y0, args)
-        u1 = (p1.alpha / s.alpha) * y0 - p1.sigma * jnp.expm1(r1 * h) * e_s
-        e_1 = _noise_prediction(drift, p1, _cast(u1, y0), args)
-        phi22 = jnp.expm1(r2 * h) / (r2 * h) - 1
-        u2 = ((p2.alpha / s.alpha) * y0 - p2.sigma * jnp.expm1(r2 * h) * e_s
-              - (r2 / r1) * p2.sigma * phi22 * (e_1 - e_s))  # fmt: skip
-        e_2 = _noise_prediction(drift, p2, _cast(u2, y0), args)
-        phi2 = jnp.expm1(h) / h - 1
-        y1 = ((t.alpha / s.alpha) * y0 - t.sigma * jnp.expm1(h) * e_s
-              - (1 / r2) * t.sigma * phi2 * (e_2 - e_s))  # fmt: skip
-        y1 = _cast(y1, y0)
+
+        def regular():
+            h = t.lam - s.lam
+            p1 = at_lambda(drift, s.lam + r1 * h)
+            p2 = at_lambda(drift, s.lam + r2 * h)
+            e_s = _noise_prediction(drift, s, y0, args)
+            u1 = (p1.alpha / s.alpha) * y0 - p1.sigma * jnp.expm1(r1 * h) * e_s
+            e_1 = _noise_prediction(drift, p1, _cast(u1, y0), args)
+            phi22 = jnp.expm1(r2 * h) / (r2 * h) - 1
+            u2 = ((p2.alpha / s.alpha) * y0 - p2.sigma * jnp.expm1(r2 * h) * e_s
+                  - (r2 / r1) * p2.sigma * phi22 * (e_1 - e_s))  # fmt: skip
+            e_2 = _noise_prediction(drift, p2, _cast(u2, y0), args)
+            phi2 = jnp.expm1(h) / h - 1
+            y1 = ((t.alpha / s.alpha) * y0 - t.sigma * jnp.expm1(h) * e_s
+                  - (1 / r2) * t.sigma * phi2 * (e_2 - e_s))  # fmt: skip
+            return _cast(y1, y0)
+
+        y1 = from_noise(drift, s, t, y0, args, regular)
         return y1, None, dict(y0=y0, y1=y1), None, SUCCESS
 
 
