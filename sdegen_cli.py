@@ -33,10 +33,12 @@ from pathlib import Path
 # this list in sync without importing sdegen here).
 BUILTIN_DATASETS = ("digits", "8gaussians", "moons", "swiss_roll", "checkerboard",
                     "rings")  # fmt: skip
-SDES = ("vp", "subvp", "ve")
+SDES = ("vp", "subvp", "ve", "rectified", "cosine")
 NETS = ("auto", "mlp", "unet")
-PARAMS = ("noise", "score", "edm")
-LOSSES = ("auto", "dsm", "dsm_edm", "dsm_likelihood")
+PARAMS = ("noise", "score", "edm", "velocity")
+LOSSES = ("auto", "dsm", "dsm_edm", "dsm_likelihood", "cfm")
+COUPLINGS = ("independent", "ot", "sb")
+TIMES = ("uniform", "importance", "lognormal", "logit_normal")
 TRANSFORMS = ("auto", "logit", "pixel", "mean", "none")
 GRIDS = ("uniform", "logsnr", "karras")
 MASKS = ("right", "left", "top", "bottom", "centre", "random")
@@ -164,7 +166,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training")
-    g.add_argument("--sde", choices=SDES, default="vp", help="forward SDE (default vp)")
+    g.add_argument("--sde", choices=SDES, default="vp",
+                   help="forward SDE (default vp); rectified: the straight path "
+                        "x_t = (1 - t) x_0 + t eps, cosine: cos/sin path")  # fmt: skip
     g.add_argument("--sigma-max", type=positive_float, default=None,
                    help="sigma_max of the VE SDE (default: the largest distance "
                         "between held-out examples)")  # fmt: skip
@@ -178,11 +182,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="MLP hidden layers / U-Net levels")
     g.add_argument("--param", choices=PARAMS, default="edm",
                    help="parametrisation of the score: edm (Karras et al. 2022 "
-                        "preconditioning, default), noise (epsilon prediction) or score")
+                        "preconditioning, default), noise (epsilon prediction), score "
+                        "or velocity (flow matching's v)")  # fmt: skip
     g.add_argument("--loss", choices=LOSSES, default="auto",
                    help="denoising score matching weighted by sigma^2 (dsm), by EDM's "
                         "lambda (dsm_edm) or for likelihood (dsm_likelihood); default "
-                        "auto: dsm_edm with --param edm, else dsm")
+                        "auto: dsm_edm with --param edm, cfm with --param velocity, else "
+                        "dsm); cfm: flow matching, ||v - (alpha' x0 + sigma' eps)||^2")
+    g.add_argument("--coupling", choices=COUPLINGS, default=None,
+                   help="pairing of data and noise for --loss cfm: independent "
+                        "(default), ot (exact minibatch optimal transport) or sb "
+                        "(entropic Schroedinger-bridge plan)")
+    g.add_argument("--times", choices=TIMES, default=None,
+                   help="how training times are drawn (default uniform; logit_normal: "
+                        "SD3's logit(t/T) ~ N(0, 1))")  # fmt: skip
     g.add_argument("--label-dropout", type=probability, default=None,
                    help="probability of replacing a label by the null label while "
                         "training a conditional model, for classifier-free guidance "

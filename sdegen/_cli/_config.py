@@ -3,7 +3,7 @@
 Names (SDE, network, parametrisation, loss) are resolved here, once, into objects;
 the library below takes only objects. `config.json` has the sections `data` (the
 data flags plus the shape, classes and scaling found), `sde`, `network`, `loss`,
-`label_dropout`, `dtype`, `train` (a [`sdegen.TrainConfig`][]) and `sample` (the
+`coupling`, `times`, `label_dropout`, `dtype`, `train` (a [`sdegen.TrainConfig`][]) and `sample` (the
 default sampler of `sdegen sample`).
 """
 
@@ -45,6 +45,9 @@ def _sde_dict(args: argparse.Namespace, held: np.ndarray) -> dict[str, Any]:
         return {"class": "VPSDE", "beta_min": 0.1, "beta_max": 20.0}
     if args.sde == "subvp":
         return {"class": "SubVPSDE", "beta_min": 0.1, "beta_max": 20.0}
+    if args.sde in ("rectified", "cosine"):
+        return {"class": "RectifiedFlow" if args.sde == "rectified" else
+                "CosineInterpolant", "T": 1.0}  # fmt: skip
     sigma_max = args.sigma_max
     if sigma_max is None:
         flat = held.reshape(len(held), -1)[:500].astype(np.float64)
@@ -115,6 +118,7 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
                     "depth": int(d["net_depth"]), "param": args.param,
                     "sigma_data": round(max(float(np.std(held)), 1e-3), 4)},  # fmt: skip
         "loss": _loss_name(args.loss, args.param),
+        **_flow_flags(args, _loss_name(args.loss, args.param)),
         "label_dropout": (DEFAULT_LABEL_DROPOUT if args.label_dropout is None
                           else args.label_dropout) if conditional else None,  # fmt: skip
         "dtype": str(jnp.zeros(()).dtype),
@@ -128,7 +132,17 @@ def _loss_name(loss: str, param: str) -> str:
     loss on the raw network), sigma^2 otherwise."""
     if loss != "auto":
         return loss
-    return "dsm_edm" if param == "edm" else "dsm"
+    return {"edm": "dsm_edm", "velocity": "cfm"}.get(param, "dsm")
+
+
+def _flow_flags(args: argparse.Namespace, loss: str) -> dict[str, Any]:
+    """`coupling` and `times` of the run (`--coupling` only with `--loss cfm`)."""
+    coupling = getattr(args, "coupling", None)
+    if coupling not in (None, "independent") and loss != "cfm":
+        raise CLIError(f"--coupling {coupling} needs --loss cfm (flow matching pairs "
+                       f"data and noise; the loss here is {loss}).")  # fmt: skip
+    return {"coupling": coupling or "independent",
+            "times": getattr(args, "times", None) or "uniform"}
 
 
 def hparams(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +196,9 @@ class Loss:
     weighting: Any
     p_drop: float
     null: int | None
+    cfm: bool = False
+    coupling: str = "independent"
+    times: str = "uniform"
 
     @classmethod
     def of(cls, cfg: dict[str, Any], sde: Any) -> "Loss":
@@ -192,7 +209,9 @@ class Loss:
         if cfg["loss"] == "dsm_edm":
             weighting = sg.EDMWeighting(float(cfg["network"]["sigma_data"]))
         return cls(sde, weighting, float(cfg.get("label_dropout") or 0.0),
-                   cfg["data"].get("num_classes"))  # fmt: skip
+                   cfg["data"].get("num_classes"), cfg["loss"] == "cfm",
+                   cfg.get("coupling", "independent"),
+                   cfg.get("times", "uniform"))  # fmt: skip
 
     def __call__(self, model, batch, key):
         import jax.numpy as jnp
@@ -204,5 +223,8 @@ class Loss:
         if labels is not None:
             kw.update(labels=jnp.asarray(labels), label_dropout=self.p_drop,
                       null_label=self.null)  # fmt: skip
+        if self.cfm:
+            return sg.cfm_loss(model, self.sde, jnp.asarray(x), key,
+                               coupling=self.coupling, times=self.times, **kw)  # fmt: skip
         return sg.dsm_loss(model, self.sde, jnp.asarray(x), key,
-                           weighting=self.weighting, **kw)  # fmt: skip
+                           weighting=self.weighting, times=self.times, **kw)  # fmt: skip

@@ -24,7 +24,7 @@ import jax.random as jr
 import numpy as np
 
 from .._core._misc import default_float
-from .._processes import _sde
+from .._processes import _interpolants, _sde
 from ._checkpoint import (
     CheckpointError,
     checkpoint_metadata,
@@ -35,7 +35,7 @@ from ._checkpoint import (
 
 MODEL_FORMAT = 1
 NETS = ("mlp", "unet")
-PARAMS = ("noise", "score", "edm")
+PARAMS = ("noise", "score", "edm", "velocity")
 
 
 # ---------------------------------------------------------------- SDEs as JSON
@@ -44,7 +44,7 @@ PARAMS = ("noise", "score", "edm")
 def _sde_classes() -> dict[str, type]:
     return {
         name: obj
-        for name, obj in vars(_sde).items()
+        for name, obj in {**vars(_sde), **vars(_interpolants)}.items()
         if isinstance(obj, type)
         and issubclass(obj, _sde.AbstractSDE)
         and not name.startswith(("Abstract", "_"))
@@ -150,12 +150,12 @@ def build_model(sde: Any, shape: tuple[int, ...], network: dict[str, Any], *,
                 num_classes: int | None = None, key: Any) -> eqx.Module:  # fmt: skip
     r"""A score model from its description: an [`sdegen.nn.MLP`][] (on the flattened
     example) or an [`sdegen.nn.UNet`][] wrapped in a parametrisation
-    ([`sdegen.nn.NoiseParam`][], [`sdegen.nn.ScoreParam`][] or
-    [`sdegen.nn.EDMPreconditioner`][]), label-conditional when `num_classes` is set.
+    ([`sdegen.nn.NoiseParam`][], [`sdegen.nn.ScoreParam`][],
+    [`sdegen.nn.VelocityParam`][] or [`sdegen.nn.EDMPreconditioner`][]), label-conditional when `num_classes` is set.
 
     `network` holds `net` (`"mlp"` or `"unet"`), `width` (MLP width / U-Net base
     channels), `depth` (MLP hidden layers / U-Net levels, fewer when the image size
-    does not halve that often), `param` (`"noise"`, `"score"` or `"edm"`) and
+    does not halve that often), `param` (`"noise"`, `"score"`, `"edm"` or `"velocity"`) and
     `sigma_data` (EDM's $\sigma_\text{data}$).
     """
     from .. import nn
@@ -179,6 +179,8 @@ def build_model(sde: Any, shape: tuple[int, ...], network: dict[str, Any], *,
         return nn.NoiseParam(net, sde)
     if net_cfg["param"] == "score":
         return nn.ScoreParam(net, sde)
+    if net_cfg["param"] == "velocity":
+        return nn.VelocityParam(net, sde)
     return nn.EDMPreconditioner(net, sde, float(net_cfg["sigma_data"]))
 
 
