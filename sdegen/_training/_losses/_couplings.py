@@ -124,8 +124,9 @@ def sb_pairs(
     `OTPlanSampler`)."""
     p = sb_plan(x0, y, epsilon)
     n, m = p.shape
-    logits = jnp.log(jnp.maximum(p.reshape(-1), 0.0))
-    k = jr.categorical(key, logits, shape=(n,))
+    cdf = jnp.cumsum(jnp.maximum(p.reshape(-1), 0.0))  # inverse-CDF draws: O(B^2)
+    u = jr.uniform(key, (n,), cdf.dtype) * cdf[-1]
+    k = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), n * m - 1)
     return k // m, k % m
 
 
