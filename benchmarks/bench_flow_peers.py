@@ -154,7 +154,7 @@ def _train_sdegen(coupling, steps, data):
 
 
 def _sample_sdegen(model, n, nfe):
-    ts = jnp.linspace(SDE.T, 0.0, nfe + 1)
+    ts = jnp.linspace(SDE.T, 0.0, nfe + 1).at[-1].set(1e-5)  # grids lie in (0, T]
     keys = jr.split(jr.key(7), n)
     f = jax.jit(jax.vmap(lambda k: sg.sample_ode(k, SDE, model, (2,), "euler", ts=ts)))
     return np.asarray(f(keys))
