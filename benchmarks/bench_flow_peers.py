@@ -153,11 +153,14 @@ def _train_sdegen(coupling, steps, data):
     return state.model, time.perf_counter() - t0
 
 
+@eqx.filter_jit
+def _draw(model, keys, ts):  # the model an argument, not a constant to fold
+    return jax.vmap(lambda k: sg.sample_ode(k, SDE, model, (2,), "euler", ts=ts))(keys)
+
+
 def _sample_sdegen(model, n, nfe):
     ts = jnp.linspace(SDE.T, 0.0, nfe + 1).at[-1].set(1e-5)  # grids lie in (0, T]
-    keys = jr.split(jr.key(7), n)
-    f = jax.jit(jax.vmap(lambda k: sg.sample_ode(k, SDE, model, (2,), "euler", ts=ts)))
-    return np.asarray(f(keys))
+    return np.asarray(_draw(model, jr.split(jr.key(7), n), ts))
 
 
 def _torch_rows(steps, data, n, floor):
