@@ -137,3 +137,214 @@ def test_grids_of_a_huge_beta_are_finite(cls, kind):
     if kind == "logsnr":
         lam = np.asarray(jax.vmap(sde.marginal_lambda)(jnp.asarray(ts)))
         np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=2e-3)
+
+
+# ---------------------------------------------------------------- tamper-evident files
+
+NET = {"net": "mlp", "width": 4, "depth": 1, "param": "noise"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    model = sg.build_model(SDE, (2,), NET, num_classes=3, key=jr.key(1))
+    path = sg.export_model(d / "m.sdegen", model, sde=SDE, shape=(2,), network=NET,
+                           num_classes=3, data={"value_range": [0, 1]},
+                           info={"step": 7})  # fmt: skip
+    return path
+
+
+def _split(data: bytes):
+    n = struct.unpack("<Q", data[12:20])[0]
+    return data[:12], json.loads(data[20 : 20 + n].decode()), data[20 + n :]
+
+
+def _leaves(obj, path=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path
+
+
+def _changed(v):
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int | float):
+        return v + 1
+    if isinstance(v, str):
+        return v[:-1] + ("x" if v[-1:] != "x" else "y")
+    return 0  # None
+
+
+def test_every_header_field_is_covered(exported, tmp_path):
+    """Each field of an exported model's header (the SDE, shape, classes, network,
+    data, info, dtype, step, format, size, checksum), changed with the checksum kept:
+    a CheckpointError naming the file, before any model is built."""
+    magic, header, payload = _split(exported.read_bytes())
+    fields = list(_leaves(header))
+    assert len(fields) >= 15, fields
+    for p in fields:
+        h = json.loads(json.dumps(header))
+        node = h
+        for k in p[:-1]:
+            node = node[k]
+        node[p[-1]] = _changed(node[p[-1]])
+        head = json.dumps(h, sort_keys=True).encode()
+        bad = tmp_path / "bad.sdegen"
+        bad.write_bytes(magic + struct.pack("<Q", len(head)) + head + payload)
+        with pytest.raises(sg.CheckpointError, match="bad.sdegen"):
+            sg.load_model(bad)
+
+
+def test_every_header_byte_is_covered(exported, tmp_path):
+    """Every single byte of the magic, length and header, flipped: a clear error."""
+    data = exported.read_bytes()
+    n = 20 + struct.unpack("<Q", data[12:20])[0]
+    bad = tmp_path / "flip.sdegen"
+    for i in range(n):
+        b = bytearray(data)
+        b[i] ^= 0x01
+        bad.write_bytes(bytes(b))
+        with pytest.raises(sg.CheckpointError, match="flip.sdegen"):
+            sg.checkpoint_metadata(bad)
+
+
+def test_checkpoint_of_format_1_still_loads(tmp_path):
+    import hashlib
+
+    state = {"w": jnp.arange(3.0)}
+    path = sg.save_checkpoint(tmp_path / "new.ckpt", state, {"a": 1}, step=2)
+    magic, header, payload = _split(path.read_bytes())
+    header.pop("sha256")
+    header.update(format_version=1, payload_sha256=hashlib.sha256(payload).hexdigest())
+    head = json.dumps(header, sort_keys=True).encode()
+    old = tmp_path / "old.ckpt"
+    old.write_bytes(magic + struct.pack("<Q", len(head)) + head + payload)
+    np.testing.assert_array_equal(sg.load_checkpoint(old, state)["w"], state["w"])
+    # a format-2 file relabelled as format 1 has no payload checksum: refused
+    magic, header, payload = _split(path.read_bytes())
+    header["format_version"] = 1
+    head = json.dumps(header, sort_keys=True).encode()
+    old.write_bytes(magic + struct.pack("<Q", len(head)) + head + payload)
+    with pytest.raises(sg.CheckpointError, match="old.ckpt.*format version 1"):
+        sg.load_checkpoint(old, state)
+
+
+# ---------------------------------------------------------------- writers into a run folder
+
+
+def test_export_never_overwrites_a_run_file(exported, tmp_path):
+    model, meta = sg.load_model(exported)
+    kw = dict(sde=SDE, shape=(2,), network=NET, num_classes=3)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    ckpt = sg.save_checkpoint(run / "checkpoints" / "step_000000001.ckpt", {"a": jnp.ones(2)})
+    before = ckpt.read_bytes()
+    for target in (ckpt, run / "checkpoints" / "new.sdegen", run / "config.json"):
+        with pytest.raises(ValueError, match="`path`"):
+            sg.export_model(target, model, **kw)
+    assert ckpt.read_bytes() == before
+    # an earlier export may be replaced; a new file beside the run is fine
+    sg.export_model(run / "model.sdegen", model, **kw)
+    sg.export_model(run / "model.sdegen", model, **kw)
+
+
+_KILLED_EXPORT = """
+import os, sys, time
+import jax.random as jr
+import sdegen as sg
+real = os.replace
+def stall(a, b):
+    print("written", flush=True)
+    time.sleep(120)
+os.replace = stall
+sde = sg.VPSDE()
+net = {"net": "mlp", "width": 4, "depth": 1, "param": "noise"}
+m = sg.build_model(sde, (2,), net, key=jr.key(0))
+sg.export_model(sys.argv[1], m, sde=sde, shape=(2,), network=net)
+"""
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(Path(sg.__file__).parents[1])}
+
+
+def test_kill_9_during_export_leaves_no_temp_file_after_the_next(tmp_path):
+    target = tmp_path / "m.sdegen"
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(target)],
+                         stdout=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    assert p.stdout.readline().strip() == "written"
+    p.kill()  # SIGKILL between the write and the rename
+    p.wait()
+    p.stdout.close()
+    stray = list(tmp_path.glob(".m.sdegen.*.tmp"))
+    assert len(stray) == 1 and not target.exists()
+    model = sg.build_model(SDE, (2,), NET, key=jr.key(0))
+    sg.export_model(target, model, sde=SDE, shape=(2,), network=NET)
+    assert list(tmp_path.glob(".m.sdegen.*.tmp")) == [] and target.is_file()
+
+
+def test_a_full_disk_names_the_path(tmp_path, monkeypatch):
+    import errno
+
+    from sdegen._runs import _checkpoint
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_checkpoint.os, "fsync", full)
+    with pytest.raises(OSError, match="x.ckpt.*No space left") as e:
+        sg.save_checkpoint(tmp_path / "x.ckpt", {"a": jnp.ones(2)})
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
+
+
+_HOLDER = """
+import sys, time
+from sdegen._runs._owner import claim_run_folder
+claim_run_folder(sys.argv[1])
+print("owned", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_owner_per_run_folder_two_real_processes(tmp_path):
+    """A second `sdegen train` on an owned --out refuses at once, naming the owner's
+    pid and host; after the owner is killed (-9) its lock is stale and taken over."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)],
+                              stdout=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "owned"
+        t0 = time.perf_counter()
+        second = subprocess.run([sys.executable, "-m", "sdegen_cli", "train", "--quick",
+                                 "--out", str(out)], capture_output=True, text=True,
+                                env=_env(), timeout=120)  # fmt: skip
+        elapsed = time.perf_counter() - t0
+        assert second.returncode == 2, second.stderr
+        last = second.stderr.strip().splitlines()[-1]
+        assert f"pid {holder.pid}" in last and "--out" in last and "in use" in last
+        assert elapsed < 15  # measured 2-4 s (mostly importing jax) on 2 shared cores
+        assert not (out / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    took = subprocess.run([sys.executable, "-c", "import sys; from sdegen._runs._owner "
+                           "import claim_run_folder; claim_run_folder(sys.argv[1]); "
+                           "print('took over')", str(out)], capture_output=True,
+                          text=True, env=_env(), timeout=120)  # fmt: skip
+    assert took.stdout.strip() == "took over", took.stderr
+
+
+def test_owner_is_reentrant_within_a_process(tmp_path):
+    from sdegen._runs._owner import claim_run_folder, release_run_folder
+
+    claim_run_folder(tmp_path)
+    claim_run_folder(tmp_path)
+    release_run_folder(tmp_path)
