@@ -66,6 +66,36 @@ def claim_run_folder(folder: str | os.PathLike) -> Path:
     return lock
 
 
+def probe_run_folder(folder: str | os.PathLike) -> None:
+    """Raise [`RunFolderBusy`][] if another process owns `folder`, without taking the
+    lock (the command line asks before it imports JAX, so that a second `sdegen train`
+    is refused in well under a second). Standard library only: the command line
+    loads this module without importing sdegen."""
+    lock = Path(folder) / OWNER_FILE
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    if not lock.is_file():
+        return
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            return  # this process owns it (re-entrant)
+    except (OSError, ValueError, AttributeError):
+        pass
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise RunFolderBusy(
+            f"The run folder {str(folder)!r} is in use by {_owner_of(lock)}: it is "
+            "training into it. Wait for it to finish (or stop it), or choose another "
+            "folder."
+        ) from None
+    finally:
+        os.close(fd)  # (also drops the lock just taken)
+
+
 def release_run_folder(folder: str | os.PathLike) -> None:
     """Give up this process's lock on `folder` (a no-op when it holds none)."""
     fd = _held.pop(str(Path(folder).resolve()), None)
