@@ -304,20 +304,24 @@ def test_a_full_disk_names_the_path(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
 
 
-_HOLDER = """
-import sys, time
-from sdegen._runs._owner import claim_run_folder
-claim_run_folder(sys.argv[1])
-print("owned", flush=True)
-time.sleep(120)
+# The owner module alone (standard library only: no JAX to import, so fast).
+_OWNER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("owner", sys.argv[2])
+owner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(owner)
+owner.claim_run_folder(sys.argv[1])
 """
+_HOLDER = _OWNER + 'print("owned", flush=True)\ntime.sleep(120)\n'
+_TAKER = _OWNER + 'print("took over", flush=True)\n'
+_OWNER_PY = str(Path(sg.__file__).parent / "_runs" / "_owner.py")
 
 
 def test_one_owner_per_run_folder_two_real_processes(tmp_path):
     """A second `sdegen train` on an owned --out refuses at once, naming the owner's
     pid and host; after the owner is killed (-9) its lock is stale and taken over."""
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)],
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out), _OWNER_PY],
                               stdout=subprocess.PIPE, text=True, env=_env())  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "owned"
@@ -335,10 +339,8 @@ def test_one_owner_per_run_folder_two_real_processes(tmp_path):
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    took = subprocess.run([sys.executable, "-c", "import sys; from sdegen._runs._owner "
-                           "import claim_run_folder; claim_run_folder(sys.argv[1]); "
-                           "print('took over')", str(out)], capture_output=True,
-                          text=True, env=_env(), timeout=120)  # fmt: skip
+    took = subprocess.run([sys.executable, "-c", _TAKER, str(out), _OWNER_PY],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert took.stdout.strip() == "took over", took.stderr
 
 
@@ -348,3 +350,62 @@ def test_owner_is_reentrant_within_a_process(tmp_path):
     claim_run_folder(tmp_path)
     claim_run_folder(tmp_path)
     release_run_folder(tmp_path)
+
+
+# ---------------------------------------------------------------- user functions
+
+
+@pytest.mark.parametrize("beta,match", [
+    (lambda t: -1.0 + 0 * t, "`beta`: beta.*>= 0"),
+    (lambda t: 1.0 - 3 * t, "`beta`: beta.*>= 0"),
+    (lambda t: jnp.nan * t, "`beta`: beta.*finite"),
+    (lambda t: 1.0 if t < 0.5 else 2.0, "`beta` must be JAX-traceable"),
+])  # fmt: skip
+def test_beta_sde_blames_beta(beta, match):
+    with pytest.raises(ValueError, match=match):
+        sg.BetaSDE(beta)
+
+
+def test_beta_sde_integral_must_match_beta():
+    beta = lambda t: 0.1 + 19.9 * t  # noqa: E731
+    with pytest.raises(ValueError, match="`integral` contradicts `beta`"):
+        sg.BetaSDE(beta, integral=lambda t: 0.1 * t + 5.0 * t**2)
+    # within the tolerance 1e-3 (1 + |B|): the exact integral, and a 1e-4 relative error
+    sg.BetaSDE(beta, integral=lambda t: 0.1 * t + 9.95 * t**2)
+    sg.BetaSDE(beta, integral=lambda t: (0.1 * t + 9.95 * t**2) * (1 + 1e-4))
+
+
+# ---------------------------------------------------------------- silent extremes
+
+
+@pytest.mark.parametrize("solver,ode", [("dpm_solver_2", True), ("dpm_solver_3", True),
+                                        ("edm", True), ("edm_sde", False)])  # fmt: skip
+def test_one_step_multistage_is_refused(solver, ode):
+    f = sg.sample_ode if ode else sg.sample_sde
+    with pytest.raises(ValueError, match="`num_steps` must be at least 2"):
+        f(KEY, SDE, SCORE, (2,), solver, num_steps=1)
+    with pytest.raises(ValueError, match="`num_steps` must be at least 2"):
+        f(KEY, SDE, SCORE, (2,), solver, ts=jnp.array([1.0, 1e-3]))
+
+
+def test_metrics_extremes():
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    # identical sets: the unclamped formula is negative (rounding) for 14 of these 50
+    for seed in range(50):
+        z = np.random.default_rng(seed).normal(size=(40, 8)) * 100
+        d = sg.metrics.frechet_distance(z, z)
+        assert 0.0 <= d < 1e-6
+    with pytest.raises(ValueError, match="`x` contains non-finite"):
+        sg.metrics.mmd(np.full((3, 2), np.nan), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="`data` is constant"):
+        sg.metrics.sample_report(x, np.ones((20, 2)), key=KEY)
+
+
+# ---------------------------------------------------------------- empty answers
+
+
+def test_empty_answers():
+    with pytest.raises(ValueError, match="`num_steps` must be an int >= 1"):
+        sg.TrainConfig(num_steps=0)
+    with pytest.raises(ValueError, match="Nothing was measured.*`nfes`.*tsit5"):
+        sg.advise(KEY, SDE, SCORE, np.zeros((8, 2)), solvers=["tsit5"], nfes=[5])

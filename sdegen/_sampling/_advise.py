@@ -89,8 +89,8 @@ def _sampler(sde, score, shape, name, num_steps, grid, args):
 def _min_steps(name: str) -> int:
     """The fewest steps solver `name` takes (1, or more for a solver refused on a
     one-step grid, see `check_min_steps`)."""
-    from .._engine._solvers._base import check_min_steps
     from .._engine._solver_table import solver as get_solver
+    from .._engine._solvers._base import check_min_steps
 
     try:
         check_min_steps(get_solver(name), 1)

@@ -27,9 +27,9 @@ from .._core._checks import (
     check_callable,
     check_int,
     check_positive,
-    staged,
     check_shape_arg,
     concrete_float,
+    staged,
 )
 from .._core._custom_types import Data, DataLike, KeyArray, RealScalarLike
 from .._core._misc import is_concrete
