@@ -5,10 +5,10 @@ also records the owner's process id, host and start time. The operating system d
 the lock when its process ends, however it ends (`kill -9` included), so a lock left
 by a dead process is stale and simply taken over by the next one; the record it left
 is overwritten. A second process that asks for a folder already owned gets a
-[`RunFolderBusy`][] naming the owner (pid and host) at once.
+`RunFolderBusy` naming the owner (pid and host) at once.
 
 The lock is re-entrant within a process (asking again for a folder it owns is a
-no-op) and is held until the process exits or [`release_run_folder`][] is called.
+no-op) and is held until the process exits or `release_run_folder` is called.
 On a system without `fcntl` (Windows) no lock is taken.
 """
 
@@ -38,7 +38,7 @@ def _owner_of(path: Path) -> str:
 
 def claim_run_folder(folder: str | os.PathLike) -> Path:
     """Take the lock of `folder` (created if needed) for this process, or raise
-    [`RunFolderBusy`][] naming the process that holds it. Returns the lock file."""
+    `RunFolderBusy` naming the process that holds it. Returns the lock file."""
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     key = str(d.resolve())
@@ -67,7 +67,7 @@ def claim_run_folder(folder: str | os.PathLike) -> Path:
 
 
 def probe_run_folder(folder: str | os.PathLike) -> None:
-    """Raise [`RunFolderBusy`][] if another process owns `folder`, without taking the
+    """Raise `RunFolderBusy` if another process owns `folder`, without taking the
     lock (the command line asks before it imports JAX, so that a second `sdegen train`
     is refused in well under a second). Standard library only: the command line
     loads this module without importing sdegen."""
