@@ -414,6 +414,28 @@ def check_out(args: argparse.Namespace) -> None:
                 "train` or `sdegen demo`."
             )
     writable_folder(out)
+    if args.command in ("train", "demo"):
+        _probe_owner(out)
+
+
+def _probe_owner(out: str) -> None:
+    """Refuse a run folder that another process trains into, before importing JAX:
+    `sdegen/_runs/_owner.py` (standard library only) loaded on its own."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sdegen")
+    if spec is None or spec.origin is None:  # pragma: no cover
+        return
+    path = Path(spec.origin).parent / "_runs" / "_owner.py"
+    owner_spec = importlib.util.spec_from_file_location("_sdegen_owner_probe", path)
+    if owner_spec is None or owner_spec.loader is None:  # pragma: no cover
+        return
+    owner = importlib.util.module_from_spec(owner_spec)
+    owner_spec.loader.exec_module(owner)
+    try:
+        owner.probe_run_folder(out)
+    except ValueError as e:
+        raise FlagError(f"--out {str(out)!r}: {e}") from None
 
 
 def _one_line(text: str) -> str:

@@ -228,7 +228,120 @@ def _cases():
         jnp.full((4, 2), jnp.nan), jnp.zeros((4, 2)))
     c["sample_report shapes"] = lambda: sg.metrics.sample_report(
         jnp.zeros((4, 2)), jnp.zeros((8, 3)), key=KEY)
+    _issue25_cases(c, model, tmp)
     return c
+
+
+def _issue25_cases(c, model, tmp):
+    """The classes of issue 25: traced arguments, tamper-evident files, writers into a
+    run folder, empty answers, user functions, silent extremes."""
+    import json
+    import struct
+
+    # ------------------------------------------------------------ traced arguments
+    J = lambda f, v: lambda: jax.jit(f)(jnp.asarray(v))  # noqa: E731
+    sde_ = lambda **kw: sg.sample_sde(KEY, SDE, SCORE, (2,), kw.pop("solver", "euler_maruyama"),
+                                      **{"num_steps": 5, **kw})  # fmt: skip
+    up = jnp.array([0.01, 0.5, 1.0])
+    c["jit: sample_sde eps 0"] = J(lambda e: sde_(eps=e), 0.0)
+    c["jit: sample_sde ancestral ts increasing"] = J(
+        lambda ts: sg.sample_sde(KEY, SDE, SCORE, (2,), "ancestral", ts=ts), up)
+    c["jit: sample_sde ts beyond T"] = J(lambda ts: sde_(ts=ts), jnp.array([1.5, 0.5, 0.1]))
+    c["jit: sample_sde ts nan"] = J(lambda ts: sde_(ts=ts), jnp.array([1.0, jnp.nan, 0.1]))
+    c["jit: sample_sde rtol < 0"] = J(lambda r: sde_(solver="heun", rtol=r, atol=1e-2), -1.0)
+    c["jit: sample_sde num_steps traced"] = J(lambda n: sde_(num_steps=n), 5)
+    c["jit: sample_ode eps > T"] = J(lambda e: sg.sample_ode(KEY, SDE, SCORE, (2,), eps=e), 2.0)
+    c["jit: sample_ode atol nan"] = J(lambda a: sg.sample_ode(KEY, SDE, SCORE, (2,), atol=a),
+                                      jnp.nan)
+    c["jit: sample_ode_batch rtol 0"] = J(lambda r: sg.sample_ode_batch(
+        jr.split(KEY, 2), SDE, SCORE, (2,), rtol=r), 0.0)
+    c["jit: pc_sample snr 0"] = J(lambda v: sg.pc_sample(KEY, SDE, SCORE, (2,), num_steps=3,
+                                                          snr=v), 0.0)
+    c["jit: encode eps 0"] = J(lambda e: sg.encode(SDE, SCORE, X2, eps=e), 0.0)
+    c["jit: log_likelihood eps 0"] = J(lambda e: sg.log_likelihood(SDE, SCORE, X2, eps=e)[0],
+                                       0.0)
+    c["jit: log_likelihood rtol 0"] = J(lambda r: sg.log_likelihood(SDE, SCORE, X2, rtol=r)[0],
+                                        0.0)
+    c["jit: ddim eta < 0"] = J(lambda v: sg.ddim_sample(KEY, EPS_MODEL, ABAR, (2,), eta=v), -0.5)
+    c["jit: ddim alphas_cumprod increasing"] = J(
+        lambda a: sg.ddim_sample(KEY, EPS_MODEL, a, (2,)), ABAR[::-1])
+    c["jit: ddpm betas >= 1"] = J(lambda b: sg.ddpm_sample(KEY, EPS_MODEL, b, (2,)), BETAS + 1)
+    c["jit: annealed sigmas increasing"] = J(
+        lambda v: sg.annealed_langevin(KEY, NC, v, (2,), steps_per_level=2), SIGMAS[::-1])
+    c["jit: annealed step_lr 0"] = J(lambda v: sg.annealed_langevin(
+        KEY, NC, SIGMAS, (2,), steps_per_level=2, step_lr=v), 0.0)
+    c["jit: solve_inverse noise_std < 0"] = J(lambda v: sg.solve_inverse(
+        KEY, SDE, SCORE, jnp.zeros(1), jnp.ones((1, 2)), noise_std=v, num_steps=3), -1.0)
+    c["jit: inpaint snr < 0"] = J(lambda v: sg.inpaint(
+        KEY, SDE, SCORE, X2, jnp.array([True, False]), snr=v, num_steps=3), -1.0)
+    c["jit: time_grid eps 0"] = J(lambda e: sg.time_grid(SDE, 5, "logsnr", eps=e), 0.0)
+    c["jit: dsm_loss t 0"] = J(lambda t: sg.dsm_loss(lambda s, x: x, SDE, X2[None], KEY, t=t),
+                               0.0)
+    c["jit: classifier_free_guidance w < 0"] = J(lambda w: sg.classifier_free_guidance(
+        lambda t, x, label=None: x, 1, w)(0.5, X2), -1.0)
+    # ------------------------------------------------------------ tamper-evident files
+    net = {"net": "mlp", "width": 4, "depth": 1, "param": "noise"}
+    small = sg.build_model(SDE, (2,), net, key=KEY)
+    exported = sg.export_model(tmp / "m.sdegen", small, sde=SDE, shape=(2,), network=net)
+    raw = exported.read_bytes()
+    n = struct.unpack("<Q", raw[12:20])[0]
+    head = json.loads(raw[20:20 + n])
+
+    def edited(name, change):
+        h = json.loads(json.dumps(head))
+        change(h)
+        b = json.dumps(h, sort_keys=True).encode()
+        p = tmp / name
+        p.write_bytes(raw[:12] + struct.pack("<Q", len(b)) + b + raw[20 + n:])
+        return p
+
+    beta = edited("beta.sdegen", lambda h: h["hparams"]["sde"].update(beta_max=5.0))
+    param = edited("param.sdegen", lambda h: h["hparams"]["network"].update(param="score"))
+    shape = edited("shape.sdegen", lambda h: h["hparams"].update(shape=[1, 2]))
+    flipped = tmp / "flip.sdegen"
+    flipped.write_bytes(raw[:30] + bytes([raw[30] ^ 1]) + raw[31:])
+    c["load_model header beta_max edited"] = lambda: sg.load_model(beta)
+    c["load_model header param edited"] = lambda: sg.load_model(param)
+    c["load_model header shape edited"] = lambda: sg.load_model(shape)
+    c["load_model one header byte flipped"] = lambda: sg.load_model(flipped)
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    ck = sg.save_checkpoint(run / "checkpoints" / "step_000000001.ckpt", {"a": jnp.ones(2)})
+    kw = dict(sde=SDE, shape=(2,), network=net)
+    c["export_model over a checkpoint"] = lambda: sg.export_model(ck, small, **kw)
+    c["export_model into a run's checkpoints/"] = lambda: sg.export_model(
+        run / "checkpoints" / "m.sdegen", small, **kw)
+    c["export_model over config.json"] = lambda: sg.export_model(run / "config.json", small, **kw)
+    # ------------------------------------------------------------ empty answers
+    c["TrainConfig num_steps 0"] = lambda: sg.TrainConfig(num_steps=0)
+    c["advise nothing measurable"] = lambda: sg.advise(KEY, SDE, SCORE, GMM.sample(KEY, 16),
+                                                       solvers=["tsit5"], nfes=[5])
+    # ------------------------------------------------------------ user functions
+    c["BetaSDE beta untraceable"] = lambda: sg.BetaSDE(lambda t: 1.0 if t < 0.5 else 2.0)
+    c["BetaSDE beta negative late"] = lambda: sg.BetaSDE(lambda t: 1.0 - 3.0 * t)
+    c["BetaSDE integral contradicts beta"] = lambda: sg.BetaSDE(
+        lambda t: 0.1 + 19.9 * t, integral=lambda t: 0.1 * t + 5.0 * t**2)
+    # ------------------------------------------------------------ silent extremes
+    c["sample_ode dpm_solver_2 one step"] = lambda: sg.sample_ode(KEY, SDE, SCORE, (2,),
+                                                                  "dpm_solver_2", num_steps=1)
+    c["sample_ode dpm_solver_3 one step"] = lambda: sg.sample_ode(KEY, SDE, SCORE, (2,),
+                                                                  "dpm_solver_3", num_steps=1)
+    c["sample_sde edm_sde one step"] = lambda: sg.sample_sde(KEY, SDE, SCORE, (2,), "edm_sde",
+                                                             num_steps=1)
+    c["sample_report constant data"] = lambda: sg.metrics.sample_report(
+        GMM.sample(KEY, 16), jnp.ones((16, 2)), key=KEY)
+    c["mmd x nan"] = lambda: sg.metrics.mmd(jnp.full((4, 2), jnp.nan), jnp.zeros((4, 2)))
+    c["sliced_wasserstein y inf"] = lambda: sg.metrics.sliced_wasserstein(
+        KEY, jnp.zeros((4, 2)), jnp.full((4, 2), jnp.inf))
+    # sparse labels: a 1,000,001-class model
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"x": [[0.0, 1.0], [1.0, 0.0]] * 8,
+                                     "label": [0, 10**6] * 8})  # fmt: skip
+    ds.save_to_disk(str(tmp / "sparse"))
+    c["load_hf labels {0, 10^6}"] = lambda: sg.data.load_hf(str(tmp / "sparse"),
+                                                            label_column="label")
 
 
 def _cli_cases(tmp: Path):
@@ -249,7 +362,45 @@ def _cli_cases(tmp: Path):
                                 "--image-size", "0"],
         "cli: --guidance without --label": ["sample", "--out", str(tmp), "--guidance", "2"],
         "cli: --lr -1": ["train", "--quick", "--out", str(tmp / "r5"), "--lr", "-1"],
+        # issue 25: options that cannot act
+        "cli: --warmup longer than --steps": ["train", "--quick", "--out", str(tmp / "r6"),
+                                              "--steps", "10", "--warmup", "50"],
+        "cli: --sigma-max with --sde vp": ["train", "--quick", "--out", str(tmp / "r7"),
+                                           "--sigma-max", "5"],
+        "cli: --sigma-max with --sde subvp": ["train", "--quick", "--out", str(tmp / "r8"),
+                                              "--sde", "subvp", "--sigma-max", "5"],
     }  # fmt: skip
+
+
+def _run_cases(tmp: Path) -> dict:
+    """Issue 25's CLI cases on a real run: writers into its folder, a second trainer,
+    an advise that can measure nothing."""
+    run = tmp / "run25"
+    subprocess.run([sys.executable, "-m", "sdegen_cli", "train", "--quick", "--out", str(run),
+                    "--no-progress"], check=True, capture_output=True)  # fmt: skip
+    newest = sorted((run / "checkpoints").glob("step_*.ckpt"))[-1]
+    return {
+        "cli: export --to the run's newest checkpoint": ["export", "--out", str(run), "--to",
+                                                         str(newest)],
+        "cli: export --to the run's config.json": ["export", "--out", str(run), "--to",
+                                                   str(run / "config.json")],
+        "cli: export --to the run's checkpoints/": ["export", "--out", str(run), "--to",
+                                                    str(run / "checkpoints" / "m.sdegen")],
+        "cli: advise --solvers tsit5 --nfe 5": ["advise", "--out", str(run), "--solvers",
+                                                "tsit5", "--nfe", "5", "--no-progress"],
+        "cli: train while another trains the run": ["train", "--quick", "--out", str(run)],
+    }  # fmt: skip
+
+
+_HOLD = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("owner", sys.argv[2])
+owner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(owner)
+owner.claim_run_folder(sys.argv[1])
+print("owned", flush=True)
+time.sleep(600)
+"""
 
 
 CLEAR = re.compile(r"`[^`]+`|--[a-z][a-z\-]*|non-finite|[Uu]nknown \w+ '|[Cc]heckpoint '", re.S)
@@ -280,6 +431,27 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name, argv in _cli_cases(Path(tmp)).items():
             results[name] = classify_cli(argv)
+        run_cases = _run_cases(Path(tmp))
+        run = Path(tmp) / "run25"
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        owner_py = str(Path(sg.__file__).parent / "_runs" / "_owner.py")
+        for name, argv in run_cases.items():
+            holder = None
+            if "another trains" in name:  # a second, real process owns the folder
+                holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), owner_py],
+                                          stdout=subprocess.PIPE, text=True)  # fmt: skip
+                holder.stdout.readline()
+            try:
+                results[name] = classify_cli(argv)
+            finally:
+                if holder is not None:
+                    holder.kill()
+                    holder.wait()
+                    holder.stdout.close()
+        changed = [str(p) for p, b in before.items()
+                   if p.name != ".sdegen-owner" and (not p.is_file() or p.read_bytes() != b)]
+        print(f"data loss: {len(changed)} run files changed or removed by the cases above"
+              + (f": {changed}" if changed else ""))  # fmt: skip
     counts = {k: sum(v[0] == k for v in results.values()) for k in ("clear", "unclear", "silent")}
     print(f"{len(results)} bad inputs: {counts['clear']} clear errors, "
           f"{counts['unclear']} unclear, {counts['silent']} silent")

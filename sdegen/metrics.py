@@ -26,6 +26,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._core._checks import error_if_not_finite
 from ._core._custom_types import KeyArray, Scalar
 
 
@@ -36,7 +37,7 @@ def _check_pair(x, y):
             "`x` and `y` must be sample sets of shapes (n, d) and (m, d) with the same d, "
             f"got {x.shape} and {y.shape}."
         )
-    return x, y
+    return error_if_not_finite(x, "x"), error_if_not_finite(y, "y")
 
 
 def mmd(
@@ -139,7 +140,8 @@ def gaussian_frechet_distance(
     r = _sqrtm_psd(s1)
     mu = np.linalg.eigvalsh(r @ s2 @ r)
     cross = float(np.sum(np.sqrt(np.clip(mu, 0.0, None))))
-    return float(np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * cross)
+    d2 = float(np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * cross)
+    return max(d2, 0.0)  # a squared distance: rounding can make it slightly negative
 
 
 class PCAFeatures(eqx.Module):
@@ -310,6 +312,11 @@ def sample_report(
         )
     if y.shape[0] < 4 or not np.all(np.isfinite(y)):
         raise ValueError("`data` must hold at least 4 finite examples.")
+    if np.all(y == y.reshape(len(y), -1)[:1].reshape(y[:1].shape)):
+        raise ValueError(
+            "`data` is constant (all examples equal, standard deviation 0): the "
+            "report's ratios to the data's spread are undefined."
+        )
     num_splits = int(num_splits)
     if num_splits < 1:
         raise ValueError(f"`num_splits` must be a positive int, got {num_splits!r}.")

@@ -51,7 +51,7 @@ def test_round_trip_bit_exact(tmp_path, getkey):
     assert loaded.step == 4
     meta = sg.checkpoint_metadata(path)
     assert meta["step"] == 4 and meta["hparams"] == {"lr": 1e-3}
-    assert meta["extra"] == {"note": "x"} and meta["format_version"] == 1
+    assert meta["extra"] == {"note": "x"} and meta["format_version"] == 2
     # atomic write leaves no temporary files behind
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.ckpt"]
 

@@ -95,6 +95,7 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
     from ._sampling import resolve_sampler
 
     resolve_sampler(sample)  # an unknown solver fails before anything is trained
+    check_options_act(args, d)
     conditional = data.num_classes is not None
     held = data.held_out if transform is None else transform.forward(data.held_out)
     if args.label_dropout is not None and not conditional:
@@ -125,6 +126,22 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
         "train": tcfg.to_dict(),
         "sample": sample,
     }
+
+
+def check_options_act(args: argparse.Namespace, d: dict[str, Any]) -> None:
+    """Every option given must act: a flag that the other flags make void is an error
+    naming it (not silently ignored). `d`: the resolved settings."""
+    if getattr(args, "sigma_max", None) is not None and getattr(args, "sde", "ve") != "ve":
+        raise CLIError(
+            f"--sigma-max sets the VE SDE's largest noise level; it has no effect with "
+            f"--sde {args.sde}. Use --sde ve, or drop --sigma-max."
+        )
+    if getattr(args, "warmup", None) is not None and int(d["warmup"]) > int(d["steps"]):
+        raise CLIError(
+            f"--warmup {d['warmup']} is longer than the training ({d['steps']} steps, "
+            "--steps): the learning rate would never reach --lr. Give a shorter "
+            "--warmup or more --steps."
+        )
 
 
 def _loss_name(loss: str, param: str) -> str:

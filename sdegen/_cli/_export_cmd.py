@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from .._engine._solver_table import solver_table
-from .._runs._export import export_model
-from ._errors import CLIError
+from .._runs._export import check_destination, export_model
+from ._errors import CLIError, flag_names
 from ._report import say
 from ._run import load_run, prepare_out
 
@@ -19,6 +19,8 @@ def cmd_export(args: argparse.Namespace) -> Path:
         raise CLIError(f"--to {str(to)!r} is a folder; expected a file name.")
     if to.parent.exists() and not to.parent.is_dir():
         raise CLIError(f"--to {str(to)!r}: {str(to.parent)!r} is a file, not a folder.")
+    with flag_names({"path": "--to"}):
+        check_destination(to)  # not over a checkpoint or run file; stray temp removed
     run = load_run(out, ema=not args.no_ema)
     cfg = run.cfg
     info: dict[str, Any] = {"step": run.step, "dataset": cfg["data"]["dataset"],

@@ -25,7 +25,8 @@ CONFIG = "config.json"
 
 def prepare_out(path: str | os.PathLike, *, writer: bool) -> Path:
     """Check `--out`; a `writer` (train, demo: the only commands that write
-    `config.json` and checkpoints) first removes the temporary files an interrupted
+    `config.json` and checkpoints) takes the folder's lock (a second writer is
+    refused, naming the first: `_runs/_owner.py`), then removes the temporary files an interrupted
     write left in the folder and in `checkpoints/`."""
     from sdegen_cli import FlagError, writable_folder
 
@@ -34,8 +35,16 @@ def prepare_out(path: str | os.PathLike, *, writer: bool) -> Path:
     except FlagError as e:
         raise CLIError(str(e)) from None
     if writer:
-        from .._runs._checkpoint import remove_stray_temp_files
+        import sdegen as sg
 
+        from .._runs._checkpoint import remove_stray_temp_files
+        from .._runs._owner import RunFolderBusy, claim_run_folder
+
+        try:  # one owner per run folder, before anything in it is touched
+            if sg.is_main_process():
+                claim_run_folder(p)
+        except RunFolderBusy as e:
+            raise CLIError(f"--out {str(p)!r}: {e}") from None
         for d in (p, p / "checkpoints"):
             for f in remove_stray_temp_files(d):
                 print(f"sdegen: removed {f}, left by an interrupted write",

@@ -24,8 +24,15 @@ from ._misc import default_float, is_concrete
 
 def concrete_float(name: str, value: Any) -> float | None:
     """`value` as a Python float when it is concrete, else `None`; raise if it is not
-    a real scalar."""
+    a real scalar (also when traced: its shape and dtype are known)."""
     if not is_concrete(value):
+        shape, dtype = jnp.shape(value), jnp.result_type(value)
+        if shape != ():
+            raise ValueError(f"`{name}` must be a scalar, got an array of shape {shape}.")
+        if not jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(
+            dtype, jnp.complexfloating
+        ):
+            raise ValueError(f"`{name}` must be a real number, got dtype {dtype}.")
         return None
     arr = np.asarray(value)
     if arr.shape != ():
@@ -35,24 +42,46 @@ def concrete_float(name: str, value: Any) -> float | None:
     return float(arr)
 
 
-def check_finite_scalar(name: str, value: Any) -> None:
-    v = concrete_float(name, value)
-    if v is not None and not math.isfinite(v):
-        raise ValueError(f"`{name}` must be finite, got {v}.")
+def staged(value: Any, bad: Any, message: str) -> Any:
+    """The one staged check of sdegen's argument checks: `value`, with `message`
+    raised through `eqx.error_if` when the traced condition `bad` holds (under `jit`
+    or `vmap`). Entry points call it once per call on their arguments, outside any
+    scanned loop, and pass the returned value on, so the check cannot be dropped."""
+    value = jnp.asarray(value)
+    return eqx.error_if(value, bad, message)
 
 
-def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    """A finite real scalar `> 0` (or `>= 0` with `allow_zero`)."""
+def check_finite_scalar(name: str, value: Any) -> Any:
+    """A finite real scalar; returns `value` (staged when traced)."""
     v = concrete_float(name, value)
     if v is None:
-        return
+        return staged(value, ~jnp.isfinite(value), f"`{name}` must be finite.")
+    if not math.isfinite(v):
+        raise ValueError(f"`{name}` must be finite, got {v}.")
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> Any:
+    """A finite real scalar `> 0` (or `>= 0` with `allow_zero`); returns `value`
+    (when traced, with the check staged: use the returned value)."""
+    bound = ">= 0" if allow_zero else "> 0"
+    v = concrete_float(name, value)
+    if v is None:
+        ok = jnp.isfinite(value) & ((value >= 0) if allow_zero else (value > 0))
+        return staged(value, ~ok, f"`{name}` must be finite and {bound}.")
     if not math.isfinite(v) or (v < 0 if allow_zero else v <= 0):
-        bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be finite and {bound}, got {v}.")
+    return value
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """A Python (or NumPy) integer `>= minimum`; booleans are rejected."""
+    if not is_concrete(value):
+        raise ValueError(
+            f"`{name}` must be a Python int (it fixes the shape of the computation), "
+            "got a traced value; mark it static (e.g. `jax.jit(..., static_argnames="
+            f"{name!r})`)."
+        )
     ok = not isinstance(value, bool)
     try:
         ok = ok and int(value) == value
@@ -83,10 +112,9 @@ def check_score(score: Any, name: str = "score") -> None:
     check_callable(name, score, f"{name}(t, x) -> Array")
 
 
-
-def check_tols(rtol: Any, atol: Any) -> None:
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
+def check_tols(rtol: Any, atol: Any) -> tuple[Any, Any]:
+    """`(rtol, atol)`, each finite and > 0 (staged when traced)."""
+    return check_positive("rtol", rtol), check_positive("atol", atol)
 
 
 # ---------------------------------------------------------------- arrays
@@ -206,10 +234,15 @@ def check_time(sde: Any, t: Any, name: str = "t") -> Any:
     )
 
 
-def check_eps(sde: Any, eps: Any, name: str = "eps") -> None:
+def check_eps(sde: Any, eps: Any, name: str = "eps") -> Any:
+    """$0 < \\varepsilon < T$; returns `eps` (staged when traced)."""
     v = concrete_float(name, eps)
-    if v is not None and not (0 < v < sde.T):
-        raise ValueError(f"`{name}` must satisfy 0 < {name} < T = {sde.T}, got {v}.")
+    message = f"`{name}` must satisfy 0 < {name} < T = {sde.T}"
+    if v is None:
+        return staged(eps, ~((eps > 0) & (eps < sde.T)), message + ".")
+    if not (0 < v < sde.T):
+        raise ValueError(f"{message}, got {v}.")
+    return eps
 
 
 def check_grid(sde: Any, ts: Any, *, decreasing: bool, name: str = "ts") -> jax.Array:
@@ -237,7 +270,15 @@ def check_grid(sde: Any, ts: Any, *, decreasing: bool, name: str = "ts") -> jax.
             raise ValueError(
                 f"`{name}` must lie in (0, T] = (0, {sde.T}], got range [{lo}, {hi}]."
             )
-    return ts
+        return ts
+    d = jnp.diff(ts)
+    way = "decreasing (from T towards 0)" if decreasing else "increasing (from near 0)"
+    bad_order = jnp.any(d >= 0) if decreasing else jnp.any(d <= 0)
+    hi = jnp.asarray(sde.T, ts.dtype) * (1 + 4 * jnp.finfo(ts.dtype).eps)
+    out = (jnp.min(ts) <= 0) | (jnp.max(ts) > hi)
+    ts = staged(ts, jnp.any(~jnp.isfinite(ts)), f"`{name}` contains non-finite values.")
+    ts = staged(ts, bad_order, f"`{name}` must be strictly {way}.")
+    return staged(ts, out, f"`{name}` must lie in (0, T] = (0, {sde.T}].")
 
 
 # ---------------------------------------------------------------- solve failures

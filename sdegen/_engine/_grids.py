@@ -27,9 +27,10 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-from .._core._checks import check_eps, check_grid, check_int, check_positive
+from .._core._checks import check_eps, check_grid, check_int, check_positive, staged
 from .._core._misc import default_float, is_concrete
 from .._processes._sde import AbstractSDE, check_sde
 from ._solver_table import lookup
@@ -59,12 +60,15 @@ def karras_grid(sde: AbstractSDE, num_steps: int, eps: Any, dtype: Any,
                 rho: float = 7.0) -> Array:  # fmt: skip
     r"""Uniform in $\tilde\sigma^{1/\rho}$, $\tilde\sigma = \sigma/\alpha$ (EDM)."""
     T = jnp.asarray(sde.T, dtype)
-    s_max = jnp.exp(-sde._lambda(T))
-    s_min = jnp.exp(-sde._lambda(jnp.asarray(eps, dtype)))
-    s_max = jnp.where(jnp.isfinite(s_max), s_max, 1 / s_min)  # alpha(T) = 0: the mirror
+    # In logs: log root_i = log((1 - f_i) s_max^(1/rho) + f_i s_min^(1/rho)), with
+    # log s^(1/rho) = -lambda / rho, so that a huge s_max (a VP SDE with a large
+    # beta_max: lambda(T) = -2500) does not overflow.
+    a = -sde._lambda(T) / rho
+    b = -sde._lambda(jnp.asarray(eps, dtype)) / rho
+    a = jnp.where(jnp.isfinite(a), a, -b)  # alpha(T) = 0: s_max is the mirror 1 / s_min
     frac = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)
-    root = s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))
-    ts = jax.vmap(sde._inverse_lambda)(-rho * jnp.log(root))
+    log_root = jnp.logaddexp(jnp.log1p(-frac) + a, jnp.log(frac) + b)
+    ts = jax.vmap(sde._inverse_lambda)(-rho * log_root)
     return _exact_ends(ts, sde, eps)
 
 
@@ -97,12 +101,37 @@ def time_grid(
     """
     check_sde(sde)
     num_steps = check_int("num_steps", num_steps)
-    check_eps(sde, eps)
+    eps = check_eps(sde, eps)
     check_positive("rho", rho)
     row = lookup("grid", kind, arg="grid")
     dtype = default_float() if dtype is None else dtype
     extra = (float(rho),) if row.name == "karras" else ()
-    return _make_grid(row.make(), sde, num_steps, eps, dtype, *extra)
+    ts = _make_grid(row.make(), sde, num_steps, eps, dtype, *extra)
+    return _check_made_grid(ts, row.name, sde)
+
+
+def _check_made_grid(ts: Array, kind: str, sde: AbstractSDE) -> Array:
+    """A grid sdegen made must be finite and strictly decreasing; if not, say it is
+    the grid's fault (not the score's), and where."""
+    what = (f"`grid` {kind!r} of {type(sde).__name__} (T={sde.T}) is not a valid "
+            "time grid")  # fmt: skip
+    hint = ("λ(t) = log(α/σ) or its inverse is not representable in "
+            f"{ts.dtype} there; use `grid='uniform'`, fewer `num_steps`, a larger "
+            "`eps`, or enable float64")  # fmt: skip
+    if is_concrete(ts):
+        a = np.asarray(ts)
+        bad = int(np.sum(~np.isfinite(a)))
+        if bad:
+            raise ValueError(f"{what}: {bad} of {a.size} times are NaN or inf ({hint}).")
+        if not np.all(np.diff(a) < 0):
+            k = int(np.argmax(np.diff(a) >= 0))
+            raise ValueError(
+                f"{what}: it is not strictly decreasing (t[{k}] = {a[k]}, t[{k + 1}] = "
+                f"{a[k + 1]}; {hint})."
+            )
+        return ts
+    ok = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) < 0)
+    return staged(ts, ~ok, f"{what}: NaN, inf or not strictly decreasing ({hint}).")
 
 
 @eqx.filter_jit

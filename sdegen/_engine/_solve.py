@@ -38,6 +38,7 @@ from ._integrate import (
     rms_norm,
 )
 from ._solvers import on_grid
+from ._solvers._base import check_min_steps
 
 
 def _negate(u):
@@ -123,6 +124,7 @@ def solve_reverse(
     **Returns:** `(x, trajectory_or_None, stats)`.
     """
     if ts is not None:
+        check_min_steps(solver, ts.shape[0] - 1)
         return _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save,
                       noise_scale)  # fmt: skip
     t0, t1 = (jnp.asarray(v, x_init.dtype) for v in t_span)

@@ -121,7 +121,7 @@ def classifier_guidance(
     _check_callable("score", score, "score(t, x) -> Array")
     _check_callable("log_prob_fn", log_prob_fn, "log_prob_fn(t, x) -> logits")
     label = _check_label(label)
-    check_finite_scalar("scale", scale)
+    scale = check_finite_scalar("scale", scale)
     return ClassifierGuidedScore(score, log_prob_fn, label, scale)
 
 
@@ -179,7 +179,7 @@ def classifier_free_guidance(
             "call `cond_score(t, x, None)` directly for unconditional sampling."
         )
     label = _check_label(label)
-    check_positive("w", w, allow_zero=True)
+    w = check_positive("w", w, allow_zero=True)
     return ClassifierFreeGuidedScore(cond_score, label, w)
 
 
@@ -305,7 +305,7 @@ def dps_guidance(
 
     check_sde(sde)
     check_score(score)
-    check_positive("noise_std", noise_std)
+    noise_std = check_positive("noise_std", noise_std)
     y = check_obs(y, "y")
     op, _ = as_operator(A, y, shape, check_rank=False)
     return DPSScore(score, sde, op, y, noise_std, scale)

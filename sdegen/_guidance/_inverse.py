@@ -39,6 +39,7 @@ from .._core._checks import (
     check_positive,
     check_score,
     describe,
+    staged,
 )
 from .._core._custom_types import Data, DataLike, KeyArray, RealScalarLike
 from .._core._misc import is_concrete
@@ -69,7 +70,7 @@ def _projected(key, sde, score, shape, project, *, solver, num_steps, eps, grid,
     check_score(score)
     num_steps = check_int("num_steps", num_steps)
     corrector_steps = check_int("corrector_steps", corrector_steps, minimum=0)
-    check_positive("snr", snr)
+    snr = check_positive("snr", snr)
     predictor = resolve_predictor(solver)
     if predictor is None:
         raise ValueError("`solver` must be a solver of the reverse SDE, got None.")
@@ -288,8 +289,11 @@ def solve_inverse(
     invalid sampler option.
     """
     check_choice("method", method, ("projection", "dps"))
-    check_positive("noise_std", noise_std, allow_zero=True)
+    noise_std = check_positive("noise_std", noise_std, allow_zero=True)
     y = check_obs(y, "y")
+    if not is_concrete(noise_std):  # staged on `y`, which every method uses
+        ok = jnp.isfinite(noise_std) & (noise_std >= 0)
+        y = staged(y, ~ok, "`noise_std` must be finite and >= 0.")
     options = dict(solver=solver, num_steps=num_steps, eps=eps, grid=grid, ts=ts,
                    corrector_steps=corrector_steps, snr=snr, x_init=x_init, args=args,
                    denoise=denoise, return_stats=return_stats, throw=throw,

@@ -62,7 +62,7 @@ def _options(sde, score, solver, rtol, atol, trace, eps, num_probes, probe, adjo
     check_choice("trace", trace, _TRACES)
     check_choice("probe", probe, _PROBES)
     check_int("num_probes", num_probes)
-    check_eps(sde, eps)
+    eps = check_eps(sde, eps)
     if not isinstance(adjoint, diffrax.AbstractAdjoint):
         raise ValueError(
             "`adjoint` must be a diffrax.AbstractAdjoint (e.g. "
@@ -76,7 +76,7 @@ def _options(sde, score, solver, rtol, atol, trace, eps, num_probes, probe, adjo
         )
     solver_obj = get_solver(solver, kind="ode")
     if num_steps is None:
-        check_tols(rtol, atol)
+        rtol, atol = check_tols(rtol, atol)
         if not is_adaptive(solver_obj):
             raise ValueError(
                 f"`solver` {solver!r} has no error estimate, so it cannot step "
@@ -84,7 +84,7 @@ def _options(sde, score, solver, rtol, atol, trace, eps, num_probes, probe, adjo
             )
     else:
         num_steps = check_int("num_steps", num_steps)
-    return solver_obj, num_steps
+    return solver_obj, num_steps, (eps, rtol, atol)  # (staged when traced)
 
 
 def _probes_for(key, x, trace, num_probes, probe):
@@ -204,7 +204,7 @@ def log_likelihood(
     non-finite `x`; an error saying non-finite (with the time) if the score returns
     NaN or infinity during the solve.
     """
-    solver_obj, num_steps = _options(sde, score, solver, rtol, atol, trace, eps,
+    solver_obj, num_steps, (eps, rtol, atol) = _options(sde, score, solver, rtol, atol, trace, eps,
                                      num_probes, probe, adjoint, num_steps,
                                      prior_logp)  # fmt: skip
     x = as_float_array(x, "x")
@@ -291,7 +291,7 @@ def log_likelihood_batch(
     [`sdegen.LikelihoodStats`][] whose fields have a leading batch axis (with
     `per_sample_solves=False`, the step counts are those of the shared solve).
     """
-    solver_obj, num_steps = _options(sde, score, solver, rtol, atol, trace, eps,
+    solver_obj, num_steps, (eps, rtol, atol) = _options(sde, score, solver, rtol, atol, trace, eps,
                                      num_probes, probe, adjoint, num_steps,
                                      prior_logp)  # fmt: skip
     xs = as_float_array(xs, "xs")

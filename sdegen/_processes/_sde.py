@@ -242,6 +242,12 @@ class VPSDE(_AbstractBetaSDE):
         r"""$\sigma(t) = \sqrt{1 - e^{-B(t)}}$, computed with `expm1`."""
         return jnp.sqrt(-jnp.expm1(-self._integral(t)))
 
+    def _lambda(self, t):
+        r"""$\lambda = -\tfrac12 B - \tfrac12\log(-\mathrm{expm1}(-B))$: finite even
+        where $\alpha = e^{-B/2}$ underflows (a large $\beta_{\max}$)."""
+        B = self._integral(t)
+        return -0.5 * B - 0.5 * jnp.log(-jnp.expm1(-B))
+
     def _g2(self, t):
         r"""$g(t)^2 = \beta(t)$."""
         return self._beta(t)
@@ -271,6 +277,12 @@ class SubVPSDE(_AbstractBetaSDE):
         r"""$\sigma(t) = 1 - e^{-B(t)}$, computed with `expm1`."""
         return -jnp.expm1(-self._integral(t))
 
+    def _lambda(self, t):
+        r"""$\lambda = -\tfrac12 B - \log(-\mathrm{expm1}(-B))$ (no underflow of
+        $\alpha$)."""
+        B = self._integral(t)
+        return -0.5 * B - jnp.log(-jnp.expm1(-B))
+
     def _g2(self, t):
         r"""$g(t)^2 = \beta(t)(1 - e^{-2B(t)})$."""
         return self._beta(t) * -jnp.expm1(-2 * self._integral(t))
@@ -281,7 +293,11 @@ class SubVPSDE(_AbstractBetaSDE):
         r = jnp.exp(lam)
         s = jnp.sqrt(1 + 4 * r**2)
         one_minus_u = (1 + 1 / (s + 2 * r)) / (1 + s)
-        B = -2 * jnp.log1p(-one_minus_u)
+        # for lam < 0 (u small, possibly below the smallest float): B = -2 log u
+        # with log u = log 2 + lam - log(1 + s), finite for any lam
+        s_lo = jnp.sqrt(1 + 4 * jnp.exp(2 * jnp.minimum(lam, 0.0)))
+        B_lo = -2 * (jnp.log(2.0) + lam - jnp.log1p(s_lo))
+        B = jnp.where(lam < 0, B_lo, -2 * jnp.log1p(-one_minus_u))
         t = t_of_integral(self.beta_min, self.beta_max, B)
         return jnp.clip(t, 0.0, self.T)
 

@@ -74,6 +74,65 @@ def _validate_schedule(sde: AbstractSDE, what: str) -> None:
         )
 
 
+def _on_grid(fn: Callable, ts: np.ndarray, name: str) -> np.ndarray | None:
+    """`fn` on the times `ts` (traced through `jax.vmap`, as the samplers call it); `None`
+    when the values are traced (a schedule built under `jit`: cannot be checked now).
+    A function that works on Python floats but not on traced times is an error."""
+    try:
+        out = jax.vmap(fn)(jnp.asarray(ts))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
+            jax.errors.TracerArrayConversionError, TypeError) as e:  # fmt: skip
+        try:
+            [float(fn(float(t))) for t in ts[:2]]
+        except Exception:  # noqa: BLE001 - not even on floats: let the caller see it
+            raise e from None
+        raise ValueError(
+            f"`{name}` must be JAX-traceable (the samplers call it on traced times "
+            f"under jit), but calling it on a traced t failed ({type(e).__name__}); "
+            "use jnp functions and jnp.where instead of math functions and `if`."
+        ) from None
+    if not is_concrete(out):
+        return None
+    out = np.asarray(out, np.float64)
+    if out.shape != ts.shape:
+        raise ValueError(f"`{name}(t)` must return a scalar, got shape {out.shape[1:]}.")
+    return out
+
+
+def _validate_beta(sde: "BetaSDE") -> None:
+    r"""$\beta \ge 0$ and finite on $[0, T]$, and a given `integral` equal to the
+    quadrature of $\beta$: $|B(t) - \int_0^t\beta| \le 10^{-3}(1 + |B(t)|)$ on a
+    grid (the quadrature is exact to float precision for smooth $\beta$)."""
+    ts = np.linspace(0.0, float(sde.T), 65)
+    beta = _on_grid(sde.beta_fn, ts, "beta")
+    if beta is None:
+        return
+    bad = ~np.isfinite(beta) | (beta < 0)
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        raise ValueError(
+            f"`beta`: beta(t) must be finite and >= 0 on [0, T], got beta({ts[k]:.4g}) "
+            f"= {beta[k]}."
+        )
+    if sde.integral_fn is None:
+        return
+    given = _on_grid(sde.integral_fn, ts, "integral")
+    if given is None:
+        return
+    nodes = ts[1:, None] * _GL_X[None]
+    quad = np.concatenate([[0.0], ts[1:] * np.sum(
+        _GL_W * _on_grid(sde.beta_fn, nodes.ravel(), "beta").reshape(nodes.shape),
+        axis=1)])  # fmt: skip
+    err = np.abs(given - quad)
+    if not np.all(err <= 1e-3 * (1 + np.abs(quad))):
+        k = int(np.argmax(err / (1 + np.abs(quad))))
+        raise ValueError(
+            f"`integral` contradicts `beta`: integral({ts[k]:.4g}) = {given[k]:.6g}, but "
+            f"the integral of beta from 0 to {ts[k]:.4g} is {quad[k]:.6g} (tolerance "
+            "1e-3 (1 + |B|)). Pass the integral of beta, or omit `integral`."
+        )
+
+
 class CustomSDE(AbstractSDE):
     r"""The linear SDE whose marginals are $\mathcal{N}(\alpha(t) x_0, \sigma(t)^2 I)$
     for your own $\alpha(t)$ and $\sigma(t)$:
@@ -187,6 +246,7 @@ class BetaSDE(AbstractSDE):
 
     def __check_init__(self):
         check_T(self.T)
+        _validate_beta(self)
         _validate_schedule(self, "BetaSDE")
 
     def beta(self, t: RealScalarLike) -> Scalar:
@@ -248,4 +308,8 @@ BetaSDE.__init__.__doc__ = r"""**Arguments:**
 - `T`: the final time (default 1).
 - `kind`: `"vp"` or `"subvp"`.
 - `integral`: optionally the closed form of $B(t) = \int_0^t\beta$.
+
+**Raises:** `ValueError` naming `beta` if $\beta$ is negative or not finite on
+$[0, T]$, or cannot be traced by JAX; naming `integral` if it differs from the
+quadrature of $\beta$ (by more than $10^{-3}(1 + |B|)$ on a grid of 65 times).
 """

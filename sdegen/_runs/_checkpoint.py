@@ -1,12 +1,20 @@
 """Checkpoints: Equinox-serialised pytrees in one self-checking file, saved atomically.
 
-File layout (format version 1):
+File layout (format version 2):
 
     b"SDEGEN-CKPT\\n"                  12-byte magic
     header length                     8 bytes, unsigned little-endian
-    header                            UTF-8 JSON: format version, payload size and
-                                      SHA-256, step, hyper-parameters, extra data
+    header                            UTF-8 JSON: format version, payload size, step,
+                                      hyper-parameters, extra data, and `sha256`
     payload                           `equinox.tree_serialise_leaves` of the pytree
+
+The `sha256` checksum covers the whole file: the magic, the header (everything in
+it that determines the model: the SDE, the network, the shape, ...; computed with
+the checksum's own 64 hex digits set to `0`) and the payload. So any changed byte,
+in the weights or in the header, fails the check and raises
+[`sdegen.CheckpointError`][] naming the file. Files of format version 1 (written
+before sdegen checksummed headers: `payload_sha256` covers the payload only) are
+still read; their header is not protected.
 
 Every write goes to a temporary file in the destination folder, is flushed to disk,
 and is then moved into place with `os.replace` (atomic on POSIX and Windows), so a
@@ -34,7 +42,10 @@ import numpy as np
 
 
 MAGIC = b"SDEGEN-CKPT\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = (1, 2)
+_SUM_KEY = b'"sha256": "'
+_ZEROS = b"0" * 64
 _CKPT_RE = re.compile(r"^step_(\d+)\.ckpt$")
 # `tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")`: 8 random characters.
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
@@ -52,27 +63,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     **Returns:** the path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                   suffix=".tmp")  # fmt: skip
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # e.g. ENOSPC from write/fsync: name the file (a full disk, which path?)
+            raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror}",
+                          str(path)) from e  # fmt: skip
         raise
     return path
 
 
-def remove_stray_temp_files(directory: str | os.PathLike) -> list[Path]:
+def remove_stray_temp_files(directory: str | os.PathLike, *,
+                            target: str | None = None) -> list[Path]:  # fmt: skip
     """Delete the temporary files that [`sdegen.save_checkpoint`][] (or any atomic
     write of sdegen) left in `directory` when its process was killed before the
-    final `os.replace`: files named `.NAME.<random>.tmp`. Complete files are never
-    touched. Call it only when no other process is writing to `directory`.
+    final `os.replace`: files named `.NAME.<random>.tmp` (only those of the file
+    `target` when given). Complete files are never touched. Call it only when no
+    other process is writing to `directory` (or to `target`).
 
     **Returns:** the paths deleted.
     """
@@ -81,7 +100,8 @@ def remove_stray_temp_files(directory: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for p in d.iterdir():
-        if _TMP_RE.match(p.name) and p.is_file():
+        m = _TMP_RE.match(p.name)
+        if m and (target is None or m.group("target") == target) and p.is_file():
             try:
                 p.unlink()
             except FileNotFoundError:  # pragma: no cover - removed meanwhile
@@ -123,8 +143,8 @@ def save_checkpoint(
     atomically.
 
     The arrays are written by `equinox.tree_serialise_leaves` (NumPy `.npy` records,
-    bit-exact); the header holds the payload's size and SHA-256 so that damage is
-    detected on load.
+    bit-exact); the header holds the payload's size and a SHA-256 of the whole file
+    (header included), so that damage or an edit is detected on load.
 
     **Arguments:**
 
@@ -145,14 +165,28 @@ def save_checkpoint(
     header = {
         "format_version": FORMAT_VERSION,
         "payload_bytes": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "sha256": _ZEROS.decode(),
         "step": step,
         "hparams": hparams or {},
         "extra": extra or {},
     }
     head = json.dumps(header, sort_keys=True, default=_json_default).encode()
-    data = MAGIC + struct.pack("<Q", len(head)) + head + payload
-    return atomic_write_bytes(path, data)
+    frame = MAGIC + struct.pack("<Q", len(head))
+    digest = _digest(frame, head, payload)
+    at = head.rfind(_SUM_KEY) + len(_SUM_KEY)
+    head = head[:at] + digest + head[at + 64 :]
+    return atomic_write_bytes(path, frame + head + payload)
+
+
+def _digest(frame: bytes, head: bytes, payload: bytes) -> bytes:
+    """SHA-256 (hex) of the magic, the header with its checksum's digits zeroed, and
+    the payload. The checksum is the header's last string-valued top-level key in
+    sorted order (`"step"`, after it, holds an int), hence found by `rfind`."""
+    at = head.rfind(_SUM_KEY) + len(_SUM_KEY)
+    h = hashlib.sha256(frame)
+    h.update(head[:at] + _ZEROS + head[at + 64 :])
+    h.update(payload)
+    return h.hexdigest().encode()
 
 
 def _read(path: str | os.PathLike, verify: bool) -> tuple[dict[str, Any], bytes]:
@@ -175,10 +209,11 @@ def _read(path: str | os.PathLike, verify: bool) -> tuple[dict[str, Any], bytes]
         raise CheckpointError(f"{where} has a corrupt header ({e}).") from None
     if not isinstance(header, dict) or "format_version" not in header:
         raise CheckpointError(f"{where} has a corrupt header (no format version).")
-    if header["format_version"] != FORMAT_VERSION:
+    version = header["format_version"]
+    if version not in _READS or isinstance(version, bool):
         raise CheckpointError(
-            f"{where} has format version {header['format_version']!r}; this sdegen "
-            f"reads version {FORMAT_VERSION}."
+            f"{where} has format version {version!r}; this sdegen reads versions "
+            f"{', '.join(map(str, _READS))}."
         )
     payload = data[start + n :]
     if verify:
@@ -188,14 +223,25 @@ def _read(path: str | os.PathLike, verify: bool) -> tuple[dict[str, Any], bytes]
                 f"{where} is truncated or padded: payload of {len(payload)} bytes, "
                 f"expected {expected}."
             )
-        if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
-            raise CheckpointError(f"{where} is corrupt: SHA-256 checksum mismatch.")
+        if version == 1:  # the payload only
+            ok = hashlib.sha256(payload).hexdigest() == header.get("payload_sha256")
+        else:  # the whole file
+            head = data[start : start + n]
+            stored = header.get("sha256")
+            ok = (isinstance(stored, str) and head.rfind(_SUM_KEY) >= 0
+                  and _digest(data[:start], head, payload).decode() == stored)  # fmt: skip
+        if not ok:
+            raise CheckpointError(
+                f"{where} is corrupt or was edited: SHA-256 checksum mismatch (format "
+                f"version {version}; the checksum covers "
+                f"{'the weights only' if version == 1 else 'the header and the weights'})."
+            )
     return header, payload
 
 
 def checkpoint_metadata(path: str | os.PathLike, *, verify: bool = True) -> dict:
     """The header of a checkpoint: `format_version`, `step`, `hparams`, `extra`,
-    `payload_bytes`, `payload_sha256`.
+    `payload_bytes`, `sha256` (`payload_sha256` in a file of format version 1).
 
     **Arguments:** `path`; `verify`: also check the payload's size and checksum.
 

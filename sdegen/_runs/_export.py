@@ -29,6 +29,7 @@ from ._checkpoint import (
     CheckpointError,
     checkpoint_metadata,
     load_checkpoint,
+    remove_stray_temp_files,
     save_checkpoint,
 )
 
@@ -290,8 +291,11 @@ def export_model(
     **Returns:** the path written.
 
     **Raises:** `ValueError` when `model` does not have the structure `build_model`
-    gives for this description (so that the file could not be loaded back).
+    gives for this description (so that the file could not be loaded back), or when
+    `path` would overwrite a file that is not an exported model (a checkpoint, a run's
+    `config.json`, data) or lies in a run's `checkpoints/` folder.
     """
+    check_destination(path)
     shape = tuple(int(s) for s in shape)
     network = check_network(network, shape)
     if num_classes is not None and (isinstance(num_classes, bool)
@@ -329,6 +333,30 @@ def export_model(
     }
     model = eqx.filter(model, eqx.is_array)
     return save_checkpoint(path, model, header, step=(info or {}).get("step"))
+
+
+def check_destination(path: str | os.PathLike) -> None:
+    """An export may create a new file or replace an earlier export, nothing else;
+    the temporary file of an interrupted export to `path` is removed first."""
+    p = Path(path)
+    d = p.parent
+    if d.name == "checkpoints" and (d.parent / "config.json").is_file():
+        raise ValueError(
+            f"`path` {str(p)!r} lies in the checkpoints folder of the run "
+            f"{str(d.parent)!r}; exporting there would mix a model file into the run's "
+            "checkpoints. Write it elsewhere."
+        )
+    if p.is_file():
+        try:
+            is_model = checkpoint_metadata(p).get("hparams", {}).get("sdegen_model")
+        except CheckpointError:
+            is_model = None
+        if is_model is None:
+            raise ValueError(
+                f"`path` {str(p)!r} exists and is not an exported model; an export "
+                "only replaces an earlier export. Choose another file name."
+            )
+    remove_stray_temp_files(d, target=p.name)
 
 
 def load_model(path: str | os.PathLike, *, dtype: Any = None) -> tuple[Any, ModelMeta]:

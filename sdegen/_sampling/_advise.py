@@ -86,6 +86,19 @@ def _sampler(sde, score, shape, name, num_steps, grid, args):
                                 grid=grid, args=args)  # fmt: skip
 
 
+def _min_steps(name: str) -> int:
+    """The fewest steps solver `name` takes (1, or more for a solver refused on a
+    one-step grid, see `check_min_steps`)."""
+    from .._engine._solver_table import solver as get_solver
+    from .._engine._solvers._base import check_min_steps
+
+    try:
+        check_min_steps(get_solver(name), 1)
+    except ValueError:
+        return 2
+    return 1
+
+
 def advise(
     key: Any,
     sde: Any,
@@ -155,7 +168,7 @@ def advise(
         grid = ADVISE_GRIDS.get(name, "uniform")
         for nfe in nfes:
             steps = nfe // info.evals_per_step
-            if steps < 1:
+            if steps < _min_steps(name):
                 continue
             chunks = [keys[i:i + chunk_size] for i in range(0, num_samples, chunk_size)]
             compiled = {c.shape[0]: fn.lower(params, (name, steps, grid), c).compile()
@@ -181,6 +194,14 @@ def advise(
                 r = rows[-1]
                 print(f"advise: {name:14s} NFE {r['nfe']:4d}: FD/floor "
                       f"{r['frechet_ratio']:.3g}, {seconds:.1f} s", flush=True)  # fmt: skip
+    if not rows:  # an empty table is not an answer
+        raise ValueError(
+            f"Nothing was measured: every budget of `nfes` ({', '.join(map(str, nfes))}) "
+            "is below the smallest run of every solver of `solvers` ("
+            + ", ".join(f"{n}: {_min_steps(n) * SOLVERS[n].evals_per_step} evaluations"
+                        for n in solvers)
+            + "). Give larger `nfes` or other `solvers`."
+        )  # fmt: skip
     good = [r for r in rows if np.isfinite(r["frechet_ratio"]) and
             r["frechet_ratio"] <= target]  # fmt: skip
     best = min(good, key=lambda r: (r["nfe"], r["seconds"])) if good else None

@@ -26,8 +26,10 @@ from .._core._checks import (
     as_float_array,
     check_callable,
     check_int,
+    check_positive,
     check_shape_arg,
     concrete_float,
+    staged,
 )
 from .._core._custom_types import Data, DataLike, KeyArray, RealScalarLike
 from .._core._misc import is_concrete
@@ -127,7 +129,9 @@ def _check_betas(betas) -> Array:
             raise ValueError(
                 f"`betas` must all lie in (0, 1), got range [{b.min()}, {b.max()}]."
             )
-    return betas
+        return betas
+    ok = jnp.all(jnp.isfinite(betas) & (betas > 0) & (betas < 1))
+    return staged(betas, ~ok, "`betas` must all lie in (0, 1).")
 
 
 def _check_alphas_cumprod(a) -> Array:
@@ -146,7 +150,10 @@ def _check_alphas_cumprod(a) -> Array:
                 "`alphas_cumprod` must be strictly decreasing (alpha-bar of steps "
                 "0, 1, ..., N-1)."
             )
-    return a
+        return a
+    ok = jnp.all(jnp.isfinite(a) & (a > 0) & (a <= 1)) & jnp.all(jnp.diff(a) < 0)
+    return staged(a, ~ok, "`alphas_cumprod` must lie in (0, 1] and be strictly "
+                  "decreasing (alpha-bar of steps 0, 1, ..., N-1).")  # fmt: skip
 
 
 @eqx.filter_jit
@@ -233,6 +240,8 @@ def ddim_sample(
     e = concrete_float("eta", eta)
     if e is not None and not (math.isfinite(e) and e >= 0):
         raise ValueError(f"`eta` must be finite and >= 0, got {e}.")
+    if e is None:
+        eta = check_positive("eta", eta, allow_zero=True)  # staged
     c = n_total // num_steps
     steps = np.arange(num_steps - 1, -1, -1) * c
     stochastic = e is None or e > 0

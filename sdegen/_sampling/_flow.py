@@ -37,7 +37,7 @@ def solve_flow(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_s
     if ts is not None:
         ts = check_grid(sde, ts, decreasing=not forward, name="ts")
     else:
-        check_eps(sde, eps)
+        eps = check_eps(sde, eps)
     if not adaptive:
         if ts is None:
             if num_steps is None:
@@ -55,7 +55,7 @@ def solve_flow(where, sde, score, y0, *, solver, forward, rtol, atol, eps, num_s
         # the last time, read on the host when concrete (eager indexing compiles)
         t_end = jnp.asarray(np.asarray(ts)[-1], y0.dtype) if is_concrete(ts) else ts[-1]
         return x, traj, stats, t_end
-    check_tols(rtol, atol)
+    rtol, atol = check_tols(rtol, atol)
     t_lo = eps if ts is None else (ts[0] if forward else ts[-1])
     span = (t_lo, sde.T) if forward else (sde.T, t_lo)
     save_ts = ts
@@ -86,8 +86,8 @@ def encode(
     x0: DataLike,
     solver: str | diffrax.AbstractSolver = "tsit5",
     *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: RealScalarLike = 1e-5,
+    atol: RealScalarLike = 1e-5,
     eps: RealScalarLike = 1e-3,
     num_steps: int | None = None,
     grid: str = "uniform",
@@ -124,8 +124,8 @@ def decode(
     z: DataLike,
     solver: str | diffrax.AbstractSolver = "tsit5",
     *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: RealScalarLike = 1e-5,
+    atol: RealScalarLike = 1e-5,
     eps: RealScalarLike = 1e-3,
     num_steps: int | None = None,
     grid: str = "uniform",

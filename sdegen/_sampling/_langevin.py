@@ -29,6 +29,7 @@ from .._core._checks import (
     check_shape_arg,
     check_x_deferred,
     concrete_float,
+    staged,
 )
 from .._core._custom_types import DataLike, KeyArray, RealScalarLike
 from .._core._misc import default_float, is_concrete
@@ -53,7 +54,10 @@ def _check_sigmas(sigmas) -> Array:
                 "`sigmas` must be strictly decreasing (largest noise level first), got "
                 f"{a.tolist()}."
             )
-    return sigmas
+        return sigmas
+    ok = jnp.all(jnp.isfinite(sigmas) & (sigmas > 0)) & jnp.all(jnp.diff(sigmas) < 0)
+    return staged(sigmas, ~ok, "`sigmas` must be finite, > 0 and strictly decreasing "
+                  "(largest noise level first).")  # fmt: skip
 
 
 def sigma_ladder(
@@ -180,7 +184,7 @@ def annealed_langevin(
     shape = check_shape_arg("shape", shape)
     sigmas = _check_sigmas(sigmas)
     steps_per_level = check_int("steps_per_level", steps_per_level)
-    check_positive("step_lr", step_lr)
+    step_lr = check_positive("step_lr", step_lr)
     dtype = default_float() if x_init is None else as_float_array(x_init, "x_init").dtype
     ts, above, last, prior, k_noise = _ladder_and_prior(
         key, sigmas.astype(dtype), shape if x_init is None else None)

@@ -126,9 +126,9 @@ def pc_sample(
     shape = check_shape_arg("shape", shape)
     num_steps = check_int("num_steps", num_steps)
     corrector_steps = check_int("corrector_steps", corrector_steps)
-    check_positive("snr", snr)
+    snr = check_positive("snr", snr)
     if ts is None:
-        check_eps(sde, eps)
+        eps = check_eps(sde, eps)
     pred = resolve_predictor(predictor)
     corr = resolve_corrector(corrector, snr, corrector_steps)
     if pred is None and corr is None:

@@ -53,8 +53,8 @@ def sample_sde(
     ts: Any = None,
     x_init: DataLike | None = None,
     args: Any = None,
-    rtol: float | None = None,
-    atol: float | None = None,
+    rtol: RealScalarLike | None = None,
+    atol: RealScalarLike | None = None,
     brownian_tol: float | None = None,
     max_steps: int = 16**4,
     denoise: bool = False,
@@ -135,7 +135,7 @@ def sample_sde(
         )
     x_init, k_noise, bad = start(key, sde, shape, x_init)
     if ts is None:
-        check_eps(sde, eps)
+        eps = check_eps(sde, eps)
     adaptive = rtol is not None or atol is not None
     if not adaptive:
         grid_ts = resolve_grid(sde, num_steps=num_steps, grid=grid, ts=ts, eps=eps,
@@ -153,7 +153,7 @@ def sample_sde(
             )
         rtol = 1e-3 if rtol is None else rtol
         atol = 1e-3 if atol is None else atol
-        check_tols(rtol, atol)
+        rtol, atol = check_tols(rtol, atol)
         save_ts = None
         if ts is not None:
             save_ts = check_grid(sde, ts, decreasing=True).astype(x_init.dtype)
@@ -193,8 +193,8 @@ def sample_ode_batch(
     shape: tuple[int, ...],
     solver: str | diffrax.AbstractSolver = "tsit5",
     *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: RealScalarLike = 1e-5,
+    atol: RealScalarLike = 1e-5,
     eps: RealScalarLike = 1e-3,
     x_init: Any = None,
     args: Any = None,
@@ -229,8 +229,8 @@ def sample_ode_batch(
             f"`solver` {where} has no error estimate; sample_ode_batch is adaptive (use "
             "e.g. 'tsit5'), or vmap sample_ode for fixed steps."
         )
-    check_tols(rtol, atol)
-    check_eps(sde, eps)
+    rtol, atol = check_tols(rtol, atol)
+    eps = check_eps(sde, eps)
     keys = jnp.asarray(keys)
     if x_init is None:
         x_init, bad = jax.vmap(lambda k: start(k, sde, shape, None)[0])(keys), False
@@ -253,8 +253,8 @@ def sample_ode(
     shape: tuple[int, ...],
     solver: str | diffrax.AbstractSolver = "tsit5",
     *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: RealScalarLike = 1e-5,
+    atol: RealScalarLike = 1e-5,
     eps: RealScalarLike = 1e-3,
     num_steps: int | None = None,
     grid: str = "uniform",

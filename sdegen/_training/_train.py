@@ -33,7 +33,7 @@ from ._optim import SCHEDULES
 class TrainConfig(eqx.Module):
     r"""Hyper-parameters of [`sdegen.train`][].
 
-    - `num_steps`: total number of optimiser steps $S$.
+    - `num_steps`: total number of optimiser steps $S \ge 1$.
     - `batch_size`: examples per step.
     - `lr`: peak learning rate $\eta$ of Adam(W).
     - `warmup`: steps $W$ of linear warm-up from 0 to `lr`.
@@ -83,7 +83,7 @@ class TrainConfig(eqx.Module):
                 what = f"an int >= {lo}" + (" or None" if optional else "")
                 raise ValueError(f"`{name}` must be {what}, got {v!r}.")
 
-        _int("num_steps", self.num_steps, 0)
+        _int("num_steps", self.num_steps, 1)  # 0 steps would return the untrained model
         _int("batch_size", self.batch_size, 1)
         _int("warmup", self.warmup, 0)
         _int("seed", self.seed, 0)

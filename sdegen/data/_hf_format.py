@@ -260,7 +260,14 @@ def _label_info(ds, label_column: str | None):
             f"`label_column` {label_column!r} holds negative labels ({int(y.min())}); "
             "class indices start at 0."
         )
-    return int(y.max()) + 1, None
+    k, distinct = int(y.max()) + 1, int(np.unique(y).size)
+    if k > 16 and k > 4 * distinct:  # a sparse labelling: one embedding per index
+        raise ValueError(
+            f"`label_column` {label_column!r} holds {distinct} distinct labels but the "
+            f"largest is {k - 1}: a conditional model would have {k} classes (one "
+            "embedding each). Relabel the classes to 0..K-1."
+        )
+    return k, None
 
 
 def _check_size(image_size) -> tuple[int, int] | None:

@@ -122,7 +122,7 @@ def mixture_posterior(
         )
     if (A is None) == (mask is None):
         raise ValueError("Give exactly one of `A` (a linear map) and `mask`.")
-    check_positive("noise_std", noise_std, allow_zero=True)
+    noise_std = check_positive("noise_std", noise_std, allow_zero=True)
     y = check_obs(y, "y")
     d = prior.dim
     if mask is not None:

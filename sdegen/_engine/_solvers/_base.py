@@ -110,6 +110,31 @@ class AbstractGridAware(diffrax.AbstractSolver):
         """This solver, set up for a grid of `num_steps` steps."""
 
 
+# Single-step multistage solvers whose one step spans the whole reverse process
+# when num_steps = 1: their intermediate stage's error is multiplied by
+# alpha(eps)/alpha(T) (DPM-Solver-2/3, noise prediction) or sigma(T)/sigma(eps) (EDM's
+# Heun correction), ~150 and ~5000 on the VP SDE: samples 50-125x the data's radius.
+MIN_STEPS = {"DPMSolver2": 2, "DPMSolver3": 2, "EDMSampler": 2}
+
+
+def check_min_steps(solver: diffrax.AbstractSolver, num_steps: int) -> None:
+    """Refuse a grid too coarse for `solver` (see `MIN_STEPS`), naming `num_steps`."""
+    inner = solver
+    while inner is not None and hasattr(inner, "inner") and not isinstance(
+        inner, AbstractDiffusionSolver
+    ):
+        inner = inner.inner
+    need = MIN_STEPS.get(type(inner).__name__, 1)
+    if num_steps < need:
+        raise ValueError(
+            f"`num_steps` must be at least {need} for solver {type(inner).__name__} "
+            f"(got {num_steps}, or a `ts` of {num_steps + 1} times): one step of this "
+            "single-step multistage method spans the whole noise range, and the error "
+            "of its intermediate stage is amplified ~100x (samples far outside the "
+            "data). Use more steps, or a multistep solver such as 'dpmpp_2m' or 'ddim'."
+        )
+
+
 def on_grid(solver: diffrax.AbstractSolver, num_steps: int) -> diffrax.AbstractSolver:
     """`solver.with_num_steps(num_steps)` for grid-aware solvers, else `solver`."""
     if isinstance(solver, AbstractGridAware):

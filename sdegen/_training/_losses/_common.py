@@ -23,6 +23,7 @@ from ..._core._checks import (
     check_time,
     concrete_float,
     error_if_not_finite,
+    staged,
 )
 from ..._core._misc import is_concrete
 from ..._processes._sde import check_sde
@@ -48,14 +49,19 @@ def reduce(sq: Array, reduction: str) -> Array:
     return jnp.sum(sq) if reduction == "sum" else jnp.mean(sq)
 
 
-def check_time_args(sde: Any, eps: Any, t: Any) -> None:
+def check_time_args(sde: Any, eps: Any, t: Any) -> tuple[Any, Any]:
+    """`(eps, t)`, checked (staged when traced: use the returned values)."""
     check_sde(sde)
-    check_eps(sde, eps)
+    eps = check_eps(sde, eps)
     if t is not None:
-        check_time(sde, t)
         v = concrete_float("t", t)
-        if v is not None and v <= 0:
+        if v is None:
+            ok = (t > 0) & (t <= sde.T)
+            return eps, staged(t, ~ok, f"`t` must be in (0, T] = (0, {sde.T}].")
+        check_time(sde, t)
+        if v <= 0:
             raise ValueError(f"`t` must be in (0, T] = (0, {sde.T}], got {v}.")
+    return eps, t
 
 
 def prepare_batch(batch: Any) -> Array:

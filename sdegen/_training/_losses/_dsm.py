@@ -36,7 +36,7 @@ from ._weighting import (
 
 
 def _setup(sde, eps, t, weighting, times, importance_sampling, reduction, dtype):
-    check_time_args(sde, eps, t)
+    eps, t = check_time_args(sde, eps, t)
     check_reduction(reduction)
     weighting = resolve_weighting(weighting)
     times = resolve_times(times, importance_sampling)
@@ -45,7 +45,7 @@ def _setup(sde, eps, t, weighting, times, importance_sampling, reduction, dtype)
             "A fixed `t` replaces the random time; it cannot be combined with "
             "`importance_sampling=True` or another `times`."
         )
-    return weighting, times.prepare(sde, eps, dtype)
+    return weighting, times.prepare(sde, eps, dtype), eps, t
 
 
 def _single(model, sde, x0, t, w, kz, label, weighting: AbstractWeighting, reduction):
@@ -128,7 +128,7 @@ def single_dsm_loss(
     """
     check_model(model)
     x0 = as_float_array(x0, "x0")
-    w, tm = _setup(sde, eps, t, weighting, times, importance_sampling, reduction,
+    w, tm, eps, t = _setup(sde, eps, t, weighting, times, importance_sampling, reduction,
                    x0.dtype)  # fmt: skip
     kt, kz = jr.split(key)
     ts, ws = draw_times(sde, kt[None], tm, eps, t, False, x0.dtype)
@@ -201,7 +201,7 @@ def dsm_loss(
     check_model(model)
     batch = prepare_batch(batch)
     labels = prepare_labels(labels, batch, label_dropout, null_label)
-    w, tm = _setup(sde, eps, t, weighting, times, importance_sampling, reduction,
+    w, tm, eps, t = _setup(sde, eps, t, weighting, times, importance_sampling, reduction,
                    batch.dtype)  # fmt: skip
     check_model_output(model, jnp.asarray(0.5 * sde.T, batch.dtype), batch, labels)
     n = batch.shape[0]

@@ -120,7 +120,7 @@ def single_ssm_loss(
     _check_ssm_args(num_projections, projection)
     check_reduction(reduction)
     x0 = as_float_array(x0, "x0")
-    check_time_args(sde, eps, t)
+    eps, t = check_time_args(sde, eps, t)
     w = resolve_weighting(weighting)
     return _single_ssm(model, sde, x0, key, label, int(num_projections),
                        variance_reduction, projection, w, eps, t, reduction)  # fmt: skip
@@ -159,7 +159,7 @@ def ssm_loss(
     check_reduction(reduction)
     batch = prepare_batch(batch)
     labels = prepare_labels(labels, batch, label_dropout, null_label)
-    check_time_args(sde, eps, t)
+    eps, t = check_time_args(sde, eps, t)
     w = resolve_weighting(weighting)
     check_model_output(model, jnp.asarray(0.5 * sde.T, batch.dtype), batch, labels)
     keys, drop_keys = example_keys(key, batch.shape[0])
@@ -224,7 +224,7 @@ def single_ism_loss(
     check_model(model)
     check_reduction(reduction)
     x0 = as_float_array(x0, "x0")
-    check_time_args(sde, eps, t)
+    eps, t = check_time_args(sde, eps, t)
     w = resolve_weighting(weighting)
     return _single_ism(model, sde, x0, key, label, w, eps, t, reduction)
 
@@ -258,7 +258,7 @@ def ism_loss(
     check_reduction(reduction)
     batch = prepare_batch(batch)
     labels = prepare_labels(labels, batch, label_dropout, null_label)
-    check_time_args(sde, eps, t)
+    eps, t = check_time_args(sde, eps, t)
     w = resolve_weighting(weighting)
     check_model_output(model, jnp.asarray(0.5 * sde.T, batch.dtype), batch, labels)
     keys, drop_keys = example_keys(key, batch.shape[0])
