@@ -18,13 +18,12 @@ both ends exact):
 
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._core._checks import check_eps, check_grid, check_int, check_positive
-from .._core._misc import default_float, is_concrete
+from .._core._misc import default_float, jit_when_eager
 from .._processes._sde import AbstractSDE, check_sde
 from ._solver_table import lookup
 
@@ -97,7 +96,7 @@ def time_grid(
     return _make_grid(row.make(), sde, num_steps, eps, dtype, *extra)
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _make_grid(make, sde, num_steps, eps, dtype, *extra):
     # One compiled program per grid (not one per operation when run eagerly).
     return make(sde, num_steps, eps, dtype, *extra)
@@ -111,8 +110,4 @@ def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: A
     if ts is not None:
         ts = check_grid(sde, ts, decreasing=True)
         return ts.astype(dtype)
-    ts = time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
-    if is_concrete(ts) or not is_concrete(eps):
-        return ts  # eager (one compiled program), or a traced eps
-    with jax.ensure_compile_time_eval():  # under an outer jit
-        return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
+    return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
