@@ -129,11 +129,12 @@ Every benchmark compares sdegen against a floor measured **in the same run** —
 hand-written `jax.jit` + `jax.lax.scan` loop, `diffrax.diffeqsolve` used directly, a
 minimal optax step — because wall-clock numbers on a shared machine mean something only
 as same-run ratios. Contenders are interleaved (A, B, A, B, ...) and medians reported;
-compilation is excluded.
+compilation is excluded, except in the first-call section, which measures it.
 
 ```bash
 python benchmarks/run.py          # default sizes (about 10 minutes on 2 cores)
 python benchmarks/run.py --full   # larger sizes, plus training and the sampler table
+python benchmarks/run.py --device gpu   # the image-scale section, on a GPU
 make bench                        # the same as the first line, after installing extras
 ```
 
