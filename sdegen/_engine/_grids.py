@@ -105,8 +105,9 @@ def _make_grid(make, sde, num_steps, eps, dtype, *extra):
 def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: Any,
                  dtype: Any) -> Array:  # fmt: skip
     r"""The decreasing grid of a fixed-step sampler: `ts` validated when given, else
-    [`sdegen.time_grid`][]`(sde, num_steps, grid, eps=eps)`. Computed eagerly when its
-    inputs are concrete, even under `jit`, so that errors can name grid times."""
+    [`sdegen.time_grid`][]`(sde, num_steps, grid, eps=eps)`: one compiled program when
+    called eagerly, and part of the caller's program under `jit` (no sub-program of
+    its own compiled at trace time: the first call's cost)."""
     if ts is not None:
         ts = check_grid(sde, ts, decreasing=True)
         return ts.astype(dtype)
