@@ -1,8 +1,13 @@
-"""sdegen: score-based generative modelling with SDEs, in JAX."""
+"""sdegen: score-based generative modelling with SDEs, in JAX.
+
+The names below the `if TYPE_CHECKING:` line are imported on first use (see
+`__getattr__`), so that `import sdegen` does not pay for optax, the networks, the data
+sets or the metrics before a program needs them.
+"""
 
 import importlib.metadata
+from typing import TYPE_CHECKING
 
-from . import data as data, metrics as metrics, nn as nn
 from ._engine._brownian import GridBrownianPath as GridBrownianPath
 from ._engine._grids import time_grid as time_grid
 from ._engine._integrate import (
@@ -116,15 +121,6 @@ from ._runs._distributed import (
     sharded_step as sharded_step,
     to_host as to_host,
 )
-from ._runs._export import (
-    ModelMeta as ModelMeta,
-    build_model as build_model,
-    export_model as export_model,
-    load_model as load_model,
-    sde_from_dict as sde_from_dict,
-    sde_to_dict as sde_to_dict,
-)
-from ._runs._logging import MetricsLogger as MetricsLogger
 from ._sampling._advise import (
     ADVISE_GRIDS as ADVISE_GRIDS,
     DEFAULT_SOLVERS as DEFAULT_SOLVERS,
@@ -155,59 +151,84 @@ from ._sampling._sample import (
     sample_ode_batch as sample_ode_batch,
     sample_sde as sample_sde,
 )
-from ._training._ema import (
-    EMAS as EMAS,
-    AbstractEMA as AbstractEMA,
-    ConstantEMA as ConstantEMA,
-    PowerEMA as PowerEMA,
-    WarmupEMA as WarmupEMA,
-    ema_update as ema_update,
-)
-from ._training._losses import (
-    COUPLINGS as COUPLINGS,
-    REDUCTIONS as REDUCTIONS,
-    TIME_SAMPLINGS as TIME_SAMPLINGS,
-    WEIGHTINGS as WEIGHTINGS,
-    AbstractTimeSampling as AbstractTimeSampling,
-    AbstractWeighting as AbstractWeighting,
-    CFMWeighting as CFMWeighting,
-    EDMWeighting as EDMWeighting,
-    ImportanceTimes as ImportanceTimes,
-    LikelihoodWeighting as LikelihoodWeighting,
-    LogitNormalTimes as LogitNormalTimes,
-    LogNormalTimes as LogNormalTimes,
-    Sigma2Weighting as Sigma2Weighting,
-    UniformTimes as UniformTimes,
-    cfm_loss as cfm_loss,
-    ddpm_loss as ddpm_loss,
-    dsm_loss as dsm_loss,
-    geometric_sigmas as geometric_sigmas,
-    ism_loss as ism_loss,
-    ncsn_loss as ncsn_loss,
-    single_cfm_loss as single_cfm_loss,
-    single_ddpm_loss as single_ddpm_loss,
-    single_dsm_loss as single_dsm_loss,
-    single_ism_loss as single_ism_loss,
-    single_ncsn_loss as single_ncsn_loss,
-    single_ssm_loss as single_ssm_loss,
-    ssm_loss as ssm_loss,
-)
-from ._training._optim import (
-    SCHEDULES as SCHEDULES,
-    make_optimizer as make_optimizer,
-    make_schedule as make_schedule,
-)
-from ._training._train import (
-    TrainConfig as TrainConfig,
-    TrainState as TrainState,
-    make_step as make_step,
-)
-from ._training._train_loop import train as train
-from .data._posterior import (
-    MixturePosterior as MixturePosterior,
-    MixturePosteriorScore as MixturePosteriorScore,
-    mixture_posterior as mixture_posterior,
-)
+
+
+if TYPE_CHECKING:  # public names imported on first use: one import line per name
+    from . import data as data, metrics as metrics, nn as nn
+    from ._runs._export import (
+        ModelMeta as ModelMeta,
+        build_model as build_model,
+        export_model as export_model,
+        load_model as load_model,
+        sde_from_dict as sde_from_dict,
+        sde_to_dict as sde_to_dict,
+    )
+    from ._runs._logging import MetricsLogger as MetricsLogger
+    from ._training._ema import (
+        EMAS as EMAS,
+        AbstractEMA as AbstractEMA,
+        ConstantEMA as ConstantEMA,
+        PowerEMA as PowerEMA,
+        WarmupEMA as WarmupEMA,
+        ema_update as ema_update,
+    )
+    from ._training._losses import (
+        COUPLINGS as COUPLINGS,
+        REDUCTIONS as REDUCTIONS,
+        TIME_SAMPLINGS as TIME_SAMPLINGS,
+        WEIGHTINGS as WEIGHTINGS,
+        AbstractTimeSampling as AbstractTimeSampling,
+        AbstractWeighting as AbstractWeighting,
+        CFMWeighting as CFMWeighting,
+        EDMWeighting as EDMWeighting,
+        ImportanceTimes as ImportanceTimes,
+        LikelihoodWeighting as LikelihoodWeighting,
+        LogitNormalTimes as LogitNormalTimes,
+        LogNormalTimes as LogNormalTimes,
+        Sigma2Weighting as Sigma2Weighting,
+        UniformTimes as UniformTimes,
+        cfm_loss as cfm_loss,
+        ddpm_loss as ddpm_loss,
+        dsm_loss as dsm_loss,
+        geometric_sigmas as geometric_sigmas,
+        ism_loss as ism_loss,
+        ncsn_loss as ncsn_loss,
+        single_cfm_loss as single_cfm_loss,
+        single_ddpm_loss as single_ddpm_loss,
+        single_dsm_loss as single_dsm_loss,
+        single_ism_loss as single_ism_loss,
+        single_ncsn_loss as single_ncsn_loss,
+        single_ssm_loss as single_ssm_loss,
+        ssm_loss as ssm_loss,
+    )
+    from ._training._optim import (
+        SCHEDULES as SCHEDULES,
+        make_optimizer as make_optimizer,
+        make_schedule as make_schedule,
+    )
+    from ._training._train import (
+        TrainConfig as TrainConfig,
+        TrainState as TrainState,
+        make_step as make_step,
+    )
+    from ._training._train_loop import train as train
+    from .data._posterior import (
+        MixturePosterior as MixturePosterior,
+        MixturePosteriorScore as MixturePosteriorScore,
+        mixture_posterior as mixture_posterior,
+    )
+
+
+def __getattr__(name: str):
+    from ._core._lazy import load
+
+    return load(__name__, __file__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    from ._core._lazy import lazy_names
+
+    return sorted(set(globals()) | set(lazy_names(__name__, __file__)))
 
 
 try:

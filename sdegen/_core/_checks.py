@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import default_float, is_concrete
+from ._misc import default_float, is_concrete, jit_when_eager
 
 
 # ---------------------------------------------------------------- scalars
@@ -343,7 +343,7 @@ def raise_failure(y: Any, failed: Any, index: Any, *, where: str,
     return _staged_error_if(y, failed, index, where, input_name)
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _staged_error_if(y, failed, index, where, input_name):
     # Compiled: under an eager `vmap` one program, not one per operation.
     return eqx.branched_error_if(y, failed, index, _failure_messages(where, input_name))

@@ -1,8 +1,11 @@
 """Small helpers shared across modules: dtypes and concreteness. Input checks live in
 `_checks.py`."""
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -21,3 +24,20 @@ def is_concrete(x: Any) -> bool:
 def shape_dtype(x: Any) -> jax.ShapeDtypeStruct:
     """The shape and dtype of `x`, e.g. for a Brownian path that must match it."""
     return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
+def jit_when_eager(fn: Callable) -> Callable:
+    """`fn` compiled as one program (`eqx.filter_jit`) when called eagerly, and `fn`
+    itself when any argument is traced (under an outer `jit`, `vmap` or `grad`): a
+    nested `jit` would only add a sub-program to trace, batch and lower there, the
+    first call's cost, for nothing the outer program does not already give."""
+    jitted = eqx.filter_jit(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return fn(*args, **kwargs)
+        return jitted(*args, **kwargs)
+
+    return wrapper

@@ -24,14 +24,13 @@ $\tilde\sigma_{\max} = 1/\tilde\sigma_{\min}$) and keep their first point exactl
 
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from .._core._checks import check_eps, check_grid, check_int, check_positive, staged
-from .._core._misc import default_float, is_concrete
+from .._core._misc import default_float, is_concrete, jit_when_eager
 from .._processes._sde import AbstractSDE, check_sde
 from ._solver_table import lookup
 
@@ -134,7 +133,7 @@ def _check_made_grid(ts: Array, kind: str, sde: AbstractSDE) -> Array:
     return staged(ts, ~ok, f"{what}: NaN, inf or not strictly decreasing ({hint}).")
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _make_grid(make, sde, num_steps, eps, dtype, *extra):
     # One compiled program per grid (not one per operation when run eagerly).
     return make(sde, num_steps, eps, dtype, *extra)
@@ -143,13 +142,10 @@ def _make_grid(make, sde, num_steps, eps, dtype, *extra):
 def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: Any,
                  dtype: Any) -> Array:  # fmt: skip
     r"""The decreasing grid of a fixed-step sampler: `ts` validated when given, else
-    [`sdegen.time_grid`][]`(sde, num_steps, grid, eps=eps)`. Computed eagerly when its
-    inputs are concrete, even under `jit`, so that errors can name grid times."""
+    [`sdegen.time_grid`][]`(sde, num_steps, grid, eps=eps)`: one compiled program when
+    called eagerly, and part of the caller's program under `jit` (no sub-program of
+    its own compiled at trace time: the first call's cost)."""
     if ts is not None:
         ts = check_grid(sde, ts, decreasing=True)
         return ts.astype(dtype)
-    ts = time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
-    if is_concrete(ts) or not is_concrete(eps):
-        return ts  # eager (one compiled program), or a traced eps
-    with jax.ensure_compile_time_eval():  # under an outer jit
-        return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
+    return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)

@@ -134,6 +134,17 @@ def count_evals(solver: diffrax.AbstractSolver, terms: PyTree, u0, u1, y0, args:
         return (1, stages - 1) if fsal and not made_jump else (0, stages)
     if isinstance(solver, diffrax.AbstractSRK):
         return 0, len(solver.tableau.b_sol)
+    counted, total = _counted(terms)
+    state = jax.eval_shape(lambda: solver.init(counted, u0, u1, y0, args))
+    n_init = total()
+    jax.eval_shape(
+        lambda s: solver.step(counted, u0, u1, y0, args, s, made_jump), state
+    )
+    return n_init, total() - n_init
+
+
+def _counted(terms: PyTree) -> tuple[PyTree, Callable[[], int]]:
+    """`terms` with every score wrapped in an `EvalCounter`, and the calls so far."""
     counters: list[EvalCounter] = []
 
     def swap(leaf):
@@ -144,13 +155,15 @@ def count_evals(solver: diffrax.AbstractSolver, terms: PyTree, u0, u1, y0, args:
         return leaf
 
     counted = jtu.tree_map(swap, terms, is_leaf=lambda x: isinstance(x, ScoreDrift))
-    total = lambda: sum(c.calls for c in counters)
-    state = jax.eval_shape(lambda: solver.init(counted, u0, u1, y0, args))
-    n_init = total()
-    jax.eval_shape(
-        lambda s: solver.step(counted, u0, u1, y0, args, s, made_jump), state
+    return counted, lambda: sum(c.calls for c in counters)
+
+
+def _counted_by_tableau(solver: diffrax.AbstractSolver) -> bool:
+    """Whether `count_evals` reads `solver`'s evaluations without tracing a step."""
+    return isinstance(solver, (AbstractWrapper, PredictorCorrector, diffrax.AbstractSRK)) or (
+        isinstance(solver, diffrax.AbstractRungeKutta)
+        and isinstance(solver.tableau, diffrax.ButcherTableau)
     )
-    return n_init, total() - n_init
 
 
 # ---------------------------------------------------------------- fixed steps
@@ -193,19 +206,29 @@ def fixed_solve(
     (`y0` first) when `save_trajectory` is set, else `None`; a [`sdegen.SolveStats`][].
     """
     n = ts.shape[0] - 1
-    n_init, n_step = count_evals(solver, terms, ts[0], ts[1], y0, args)
-    state = solver.init(terms, ts[0], ts[1], y0, args)
+    if _counted_by_tableau(solver):
+        n_init, n_step = count_evals(solver, terms, ts[0], ts[1], y0, args)
+        run, total = terms, lambda: 0
+    else:
+        # counted while the loop itself is traced (no separate trace of a step)
+        run, total = _counted(terms)
+    state = solver.init(run, ts[0], ts[1], y0, args)
+    calls = [total()]
 
     def body(carry, inp):
         y, st, bad = carry
         i, u0, u1 = inp
-        y1, _, _, st, _ = solver.step(terms, u0, u1, y, args, st, False)
+        before = total()
+        y1, _, _, st, _ = solver.step(run, u0, u1, y, args, st, False)
+        calls.append(total() - before)  # the last trace's count
         bad = jnp.where((bad < 0) & ~_all_finite(y1), i, bad)
         return (y1, st, bad), (y1 if save_trajectory else None)
 
     steps = jnp.arange(n, dtype=jnp.int32)
     bad0 = jnp.asarray(-1, jnp.int32)
     (y1, _, bad), ys = lax.scan(body, (y0, state, bad0), (steps, ts[:-1], ts[1:]))
+    if not _counted_by_tableau(solver):
+        n_init, n_step = calls[0], calls[-1]
     if save_trajectory:
         ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), y0, ys)
     failed = bad >= 0

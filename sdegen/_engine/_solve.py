@@ -19,13 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 import diffrax
-import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 
 from .._core._checks import check_x_deferred, failure_index, raise_failure
 from .._core._custom_types import KeyArray
-from .._core._misc import shape_dtype
+from .._core._misc import jit_when_eager, shape_dtype
 from .._processes._sde import AbstractSDE
 from .._processes._terms import probability_flow_term, reverse_terms
 from ._brownian import GridBrownianPath
@@ -64,7 +63,7 @@ def _terms(sde, score, x, solver, stochastic, grid_u, key, tree_tol, t_span,
     return terms, _negate
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save, noise_scale=1.0):
     grid = -ts if stochastic else ts
     terms, time_of = _terms(sde, score, x_init, solver, stochastic, grid, key, None, None,
@@ -74,7 +73,7 @@ def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save, noise_sc
                        time_of=time_of)  # fmt: skip
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _adaptive(key, sde, score, x_init, t0, t1, solver, stochastic, args, rtol, atol,
               dt0, save_ts, max_steps, adjoint, norm, tree_tol,
               noise_scale=1.0):  # fmt: skip
@@ -145,7 +144,7 @@ def finish(x: Any, stats: SolveStats, where: str, throw: bool, *,
     return raise_failure(x, failed, index, where=where, input_name=input_name)
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _failure(result, t_failed, bad_input):
     # One compiled program: eagerly (or under an eager `vmap`), op-by-op dispatch
     # would compile a dozen one-operation programs for every new shape.
@@ -160,7 +159,7 @@ def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None)
     return _tweedie(sde, score, jnp.asarray(t, x.dtype), x, args)
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _tweedie(sde, score, t, x, args):
     # Compiled: eagerly (or under an eager `vmap`) one program, not one per operation.
     from .._processes._terms import ScoreDrift
@@ -198,13 +197,13 @@ def start(key: KeyArray, sde: AbstractSDE, shape: Any, x_init: Any) -> tuple[Any
     return x_init, _noise_key(key), bad
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _prior_draw(key, sde, shape):
     # Compiled: eagerly (or under an eager `vmap`) one program, not one per operation.
     k_prior, k_noise = jr.split(key)
     return sde.prior_sample(k_prior, shape), k_noise
 
 
-@eqx.filter_jit
+@jit_when_eager
 def _noise_key(key):
     return jr.split(key)[1]

@@ -1,0 +1,201 @@
+"""First call: what a user waits for before the first samples, and `import sdegen`.
+
+Each measurement runs in a FRESH Python process (JAX's caches start empty), one
+contender at a time and interleaved (sdegen, hand-written, sdegen, ...), so a slow spell
+of a shared machine hits both alike. Per contender:
+
+- `first call`: wall time of `fn(keys)` for `fn = jax.jit(jax.vmap(one_sample))`
+  (trace + compile + the first run), 256 samples of dimension 64, 20 steps, an MLP
+  score (width 128, depth 3) — after the imports, which are timed separately;
+- for sdegen, `jax.jit(jax.vmap(lambda k: sg.sample_ode(k, sde, score, (64,), solver,
+  num_steps=20)))` (`"euler"`, `"dpmpp_2m"`) and `sg.sample_sde(..., "euler_maruyama",
+  num_steps=20)`; for the floor, the same update written by hand in a
+  `jax.lax.scan` on the same grid with the same MLP.
+
+`import`: the wall time of `import sdegen` in a process that has already imported
+`jax`, `equinox` and `diffrax` (its own cost, not theirs).
+
+    python benchmarks/bench_first_call.py [--repeats 5]
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+
+SOLVERS = ("euler", "dpmpp_2m", "euler_maruyama")
+
+CHILD = r"""
+import sys, time
+import jax, jax.numpy as jnp, jax.random as jr
+import equinox, diffrax
+t0 = time.perf_counter()
+import sdegen as sg
+t_import = time.perf_counter() - t0
+which, solver = sys.argv[1], sys.argv[2]
+D, B, N, EPS = 64, 256, 20, 1e-3
+sde = sg.VPSDE()
+mlp = sg.nn.MLP(D, 128, 3, key=jr.key(1))
+score = lambda t, x: mlp(t, x)
+keys = jr.split(jr.key(0), B)
+jax.block_until_ready((mlp, keys))
+
+
+def beta(t):
+    return 0.1 + t * 19.9
+
+
+def lam(t):  # log(alpha / sigma) of the VP SDE
+    b = 0.1 * t + 0.5 * 19.9 * t**2
+    return -0.5 * b - 0.5 * jnp.log(-jnp.expm1(-b))
+
+
+def hand_written(solver):
+    ts = jnp.linspace(sde.T, EPS, N + 1)
+
+    def one(key):
+        k_prior, k_noise = jr.split(key)
+        x = jr.normal(k_prior, (D,))
+
+        def alpha_sigma(t):
+            b = 0.1 * t + 0.5 * 19.9 * t**2
+            return jnp.exp(-0.5 * b), jnp.sqrt(-jnp.expm1(-b))
+
+        def body(carry, inp):
+            x, d_old, h_old = carry
+            i, t0, t1 = inp
+            dt, b = t1 - t0, beta(t0)
+            if solver == "euler":
+                return (x + (-0.5 * b * x - 0.5 * b * score(t0, x)) * dt, d_old, h_old), None
+            if solver == "euler_maruyama":
+                z = jr.normal(jr.fold_in(k_noise, i), (D,))
+                x = x + (-0.5 * b * x - b * score(t0, x)) * dt + jnp.sqrt(-b * dt) * z
+                return (x, d_old, h_old), None
+            a0, s0 = alpha_sigma(t0)  # DPM-Solver++(2M)
+            a1, s1 = alpha_sigma(t1)
+            d = (x + s0**2 * score(t0, x)) / a0
+            h = lam(t1) - lam(t0)
+            r = h_old / h
+            d2 = jnp.where(i > 0, (1 + 0.5 / r) * d - (0.5 / r) * d_old, d)
+            return ((s1 / s0) * x - a1 * jnp.expm1(-h) * d2, d, h), None
+
+        init = (x, jnp.zeros_like(x), jnp.ones(()))
+        (x, _, _), _ = jax.lax.scan(body, init, (jnp.arange(N), ts[:-1], ts[1:]))
+        return x
+
+    return jax.jit(jax.vmap(one))
+
+
+def with_sdegen(solver):
+    if solver == "euler_maruyama":
+        one = lambda k: sg.sample_sde(k, sde, score, (D,), solver, num_steps=N)
+    else:
+        one = lambda k: sg.sample_ode(k, sde, score, (D,), solver, num_steps=N)
+    return jax.jit(jax.vmap(one))
+
+
+fn = hand_written(solver) if which == "hand-written" else with_sdegen(solver)
+t0, c0 = time.perf_counter(), time.process_time()
+out = fn(keys).block_until_ready()
+first, cpu = time.perf_counter() - t0, time.process_time() - c0
+t0 = time.perf_counter()
+fn(keys).block_until_ready()
+again = time.perf_counter() - t0
+import json
+print(json.dumps({"import": t_import, "first": first, "cpu": cpu, "again": again,
+                  "out": [float(v) for v in out[:4, 0]]}))
+"""
+
+
+def _child(which: str, solver: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, which, solver],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def run(repeats: int = 5, solvers=SOLVERS):
+    """Interleaved fresh processes; returns `(markdown, data)`."""
+    try:
+        from ._common import table
+    except ImportError:
+        from _common import table
+    raw: dict = {s: {w: {"first": [], "cpu": []} for w in ("sdegen", "hand-written")}
+                 for s in solvers}  # fmt: skip
+    imports: list[float] = []
+    for _ in range(repeats):
+        for s in solvers:
+            for who in ("sdegen", "hand-written"):
+                r = _child(who, s)
+                raw[s][who]["first"].append(r["first"])
+                raw[s][who]["cpu"].append(r["cpu"])
+                imports.append(r["import"])
+    rows, data = [], {"first_call": {}, "repeats": repeats}
+    for s in solvers:
+        sd, hw = raw[s]["sdegen"], raw[s]["hand-written"]
+        a, b = _stats(sd["first"]), _stats(hw["first"])
+        wall = _stats([x / y for x, y in zip(sd["first"], hw["first"])])
+        cpu = _stats([x / y for x, y in zip(sd["cpu"], hw["cpu"])])
+        rows.append([f"`{s}`", f"{a['median']:.2f} ({a['min']:.2f}–{a['max']:.2f})",
+                     f"{b['median']:.2f} ({b['min']:.2f}–{b['max']:.2f})",
+                     f"{a['median'] / b['median']:.2f}",
+                     f"{wall['min']:.2f}–{wall['max']:.2f}",
+                     f"{cpu['median']:.2f} ({cpu['min']:.2f}–{cpu['max']:.2f})"])  # fmt: skip
+        data["first_call"][s] = {"raw": raw[s], "ratio_of_medians": a["median"] / b["median"],
+                                 "wall_ratio": wall, "cpu_ratio": cpu}  # fmt: skip
+    text = table(["20 steps, 256 x 64, MLP score", "sdegen first call s (range)",
+                  "hand-written s (range)", "ratio of medians",
+                  "wall ratio, pair by pair (range)",
+                  "CPU-time ratio, pair by pair: median (range)"], rows)  # fmt: skip
+    text += (f"\n\n{repeats} fresh processes per cell, interleaved (sdegen, hand-written, "
+             "...); the first call is trace + compile + first run, after the imports. "
+             "The CPU-time ratio (the process's CPU time over the call, compiler threads "
+             "included) is steadier than the wall-clock one on a shared machine.")  # fmt: skip
+    return text, data
+
+
+def import_delta(repeats: int = 7) -> tuple[str, dict]:
+    """`import sdegen` after `import jax, equinox, diffrax`, fresh processes."""
+    code = ("import time, jax, equinox, diffrax; t = time.perf_counter(); import sdegen; "
+            "import sys; print(time.perf_counter() - t, "
+            "int(any(m in sys.modules for m in ('tensorboardX', 'matplotlib', "
+            "'datasets', 'optax'))))")  # fmt: skip
+    times, heavy = [], []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                             text=True, check=True).stdout.split()  # fmt: skip
+        times.append(float(out[0]))
+        heavy.append(int(out[1]))
+    s = _stats(times)
+    text = (f"`import sdegen` after `import jax, equinox, diffrax`: median "
+            f"{s['median']:.3f} s (range {s['min']:.3f}–{s['max']:.3f} s, {repeats} fresh "
+            f"processes); tensorboardX, matplotlib, datasets or optax imported: "
+            f"{'yes' if any(heavy) else 'no'}.")  # fmt: skip
+    return text, {"import_s": s, "heavy_imported": bool(any(heavy))}
+
+
+def run_all(repeats: int = 5):
+    text, data = run(repeats)
+    itext, idata = import_delta(max(repeats, 5))
+    return text + "\n\n" + itext, {**data, "import": idata}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--solvers", nargs="+", default=list(SOLVERS))
+    a = p.parse_args(argv)
+    text, _ = run(a.repeats, tuple(a.solvers))
+    print(text)
+    print(import_delta(max(a.repeats, 5))[0])
+
+
+if __name__ == "__main__":
+    main()
