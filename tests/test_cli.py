@@ -502,3 +502,12 @@ def test_image_grid_marks_values_out_of_range(tmp_path):
     assert tuple(g[1 + 1, 1 + 1]) == (128, 128, 128)  # image 0 untouched
     assert tuple(g[0, 0]) == (0, 0, 0)  # image 0's frame is not red
     _png(save_image_grid(tmp_path / "g.png", x, title="t"))
+    # Beyond [-1, 1] by at most the quantisation step (`tolerance`): round-off at the
+    # boundary, not marked; beyond it: marked.
+    y = np.zeros((1, 1, 2, 2))
+    y[0, 0, 0, 0], y[0, 0, 0, 1], y[0, 0, 1, 0] = -1.1, 1.1, 1.2
+    g = image_grid(y, tolerance=0.125)
+    assert tuple(g[1, 1]) == (0, 0, 0) and tuple(g[1, 2]) == (255, 255, 255)
+    assert tuple(g[2, 1]) == (255, 150, 150) and tuple(g[0, 0]) == (255, 0, 0)
+    assert image_grid(y[:, :, :1, :2], tolerance=0.125).ndim == 2  # nothing marked
+    _png(save_image_grid(tmp_path / "q.png", y, title="t", tolerance=0.125))

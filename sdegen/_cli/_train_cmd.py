@@ -115,7 +115,8 @@ def _eval_fn(cfg, data: RunData, transform, sde, out: Path, mesh, progress: bool
         samples = to_data(samples)
         if main:
             write_samples(out / "samples" / f"step_{state.step:07d}.png", samples,
-                          data.held_out, data.kind, f"step {state.step}")  # fmt: skip
+                          data.held_out, data.kind, f"step {state.step}",
+                          data.levels)  # fmt: skip
         m = sample_metrics(samples, data.held_out, kind=data.kind,
                            dataset=data.name)  # fmt: skip
         keep = ("mmd", "sliced_wasserstein", "frechet_distance", "frechet_floor",
@@ -200,7 +201,7 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
     }
     if main:
         write_samples(out / "samples.png", samples, data.held_out, data.kind,
-                      f"{data.name}: {spec.describe()}")  # fmt: skip
+                      f"{data.name}: {spec.describe()}", data.levels)  # fmt: skip
         atomic_write_json(out / "metrics.json", result)
         say(summary(result))
         say(f"wrote {out}/samples.png, samples.npy, loss.png, metrics.json, "
