@@ -16,4 +16,5 @@ from ._param import (
     NoiseParam as NoiseParam,
     ScoreParam as ScoreParam,
 )
+from ._plain_mlp import CentredCosine as CentredCosine, PlainMLP as PlainMLP
 from ._unet import UNet as UNet
