@@ -60,11 +60,13 @@ def _check_resume(out: Path, cfg: dict[str, Any], resume: bool) -> None:
         )
 
 
-# What a run writes beside config.json and checkpoints/: removed by --no-resume, so
-# that the new run's logs, figures and metrics do not mix with the old run's.
+# What a run writes beside config.json and checkpoints/ (and what `advise` and
+# `likelihood` measured on its model): removed by --no-resume, so that the new run's
+# logs, figures and metrics do not mix with the old run's.
 _RUN_OUTPUTS = ("events.out.tfevents.*", "metrics.jsonl", "metrics.json", "loss.png",
                 "samples.png", "samples.npy", "samples/step_*.png",
-                "samples/step_*.npy")  # fmt: skip
+                "samples/step_*.npy", "advise.json", "advise.md",
+                "likelihood.json")  # fmt: skip
 
 
 def _remove_old_run(out: Path) -> None:
