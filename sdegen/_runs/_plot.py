@@ -131,12 +131,12 @@ def save_image_grid(
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale),
                          PIL.Resampling.NEAREST)  # fmt: skip
-    beyond = f"beyond [-1, 1] by more than {tolerance:.3g}" if tolerance else (
-        "outside [-1, 1]")  # fmt: skip
+    beyond = (f"beyond [-1, 1] by more than the quantisation step {tolerance:.3g}"
+              if tolerance else "outside [-1, 1]")  # fmt: skip
     caption = f"red: {100 * far:.2f}% of values {beyond} (light above, dark below)"
-    if tolerance:
-        caption += f"; {100 * frac:.2f}% outside [-1, 1] at all"
-    lines = [t for t in (title, caption) if t]
+    note = (f"{100 * (frac - far):.2f}% outside [-1, 1] by less: round-off, not marked"
+            if tolerance else None)  # fmt: skip
+    lines = [t for t in (title, caption, note) if t]
     strip = 12 * len(lines) + 4
     canvas = PIL.new("RGB", (max(img.width, 6 * max(map(len, lines)) + 8),
                              img.height + strip), "white")  # fmt: skip
@@ -144,7 +144,7 @@ def save_image_grid(
     pen = draw.Draw(canvas)
     for i, line in enumerate(lines):
         pen.text((4, img.height + 2 + 12 * i), line,
-                 fill=(200, 0, 0) if i == len(lines) - 1 and far else (0, 0, 0))  # fmt: skip
+                 fill=(200, 0, 0) if line is caption and far else (0, 0, 0))  # fmt: skip
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
