@@ -113,12 +113,17 @@ class StopOnInterrupt:
     """While it is installed, the first Ctrl-C (SIGINT) only sets `requested` (the
     loop stops after the running chunk and saves a checkpoint); a second one
     interrupts at once. Installed only in the main thread and over Python's default
-    handler (a caller's own handler is left alone)."""
+    handler (a caller's own handler is left alone), and with one process only (the
+    processes of a multi-host run must stop at the same step)."""
 
     def __init__(self):
+        import jax
+
         self.requested = False
         self._old = None
         if threading.current_thread() is not threading.main_thread():
+            return
+        if jax.process_count() > 1:
             return
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return

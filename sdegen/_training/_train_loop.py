@@ -313,7 +313,7 @@ def train(
                 _save(ckpt_dir, state, all_hparams, history, cfg.keep_checkpoints)
             if is_log and callback is not None:
                 callback(state)
-            if stop.requested:
+            if stop.requested and not last:
                 raise interrupted(state, saved=is_ckpt)
     finally:
         stop.restore()
