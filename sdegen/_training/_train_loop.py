@@ -84,12 +84,11 @@ def train(
     on the host, at most 8 MiB per call), so both give the same run bit for bit. With
     `mesh`, every step is one call of [`sdegen.sharded_step`][].
 
-    **Ctrl-C** (SIGINT, in the main thread) stops training after the running chunk:
-    the checkpoint of the step reached is written to `ckpt_dir` and
-    `KeyboardInterrupt` is raised (its message names the checkpoint; a second Ctrl-C
-    interrupts at once). Calling `train` again with `resume=True` continues from it.
-    A run whose steps alone will take more than 10 minutes on a CPU says so after its
-    first second of steps, with what to change.
+    **Ctrl-C** (SIGINT, in the main thread of a one-process run) stops training after
+    the running chunk: the checkpoint of the step reached is written to `ckpt_dir` and
+    `KeyboardInterrupt` is raised, naming it (a second Ctrl-C interrupts at once);
+    `train` with `resume=True` continues from it. A run whose steps will take over 10
+    minutes on a CPU says so after its first second of steps, with what to change.
 
     Every `cfg.log_every` steps a record `{step, loss, ema_loss, lr, grad_norm,
     steps_per_s, num_devices}` is made: `loss` and `grad_norm` are means over the
