@@ -409,7 +409,8 @@ def _one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sdegen` command: parse (standard library only), then run
-    the command. Returns the exit status: 0, or 2 after a one-line error."""
+    the command. Returns the exit status: 0, 2 after a one-line error, or 130 after
+    Ctrl-C (called as the process's entry, `argv=None`, it then exits at once)."""
     entry = argv is None  # the process's own command line
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
