@@ -444,7 +444,9 @@ def _one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sdegen` command: parse (standard library only), then run
-    the command. Returns the exit status: 0, or 2 after a one-line error."""
+    the command. Returns the exit status: 0, 2 after a one-line error, or 130 after
+    Ctrl-C (called as the process's entry, `argv=None`, it then exits at once)."""
+    entry = argv is None  # the process's own command line
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     command = next((a for a in argv if a in COMMANDS), None)
@@ -460,7 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     module, func = COMMANDS[args.command]
     from sdegen._cli._command import run_command
 
-    return run_command(importlib.import_module(f"sdegen._cli.{module}"), func, args)
+    rc = run_command(importlib.import_module(f"sdegen._cli.{module}"), func, args)
+    if rc == 130 and entry:
+        # Ctrl-C in the `sdegen` process: its files are closed; end now, not after
+        # the seconds XLA takes to tear down its compiled programs.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -502,3 +502,32 @@ def test_image_grid_marks_values_out_of_range(tmp_path):
     assert tuple(g[1 + 1, 1 + 1]) == (128, 128, 128)  # image 0 untouched
     assert tuple(g[0, 0]) == (0, 0, 0)  # image 0's frame is not red
     _png(save_image_grid(tmp_path / "g.png", x, title="t"))
+    # Beyond [-1, 1] by at most the quantisation step (`tolerance`): round-off at the
+    # boundary, not marked; beyond it: marked.
+    y = np.zeros((1, 1, 2, 2))
+    y[0, 0, 0, 0], y[0, 0, 0, 1], y[0, 0, 1, 0] = -1.1, 1.1, 1.2
+    g = image_grid(y, tolerance=0.125)
+    assert tuple(g[1, 1]) == (0, 0, 0) and tuple(g[1, 2]) == (255, 255, 255)
+    assert tuple(g[2, 1]) == (255, 150, 150) and tuple(g[0, 0]) == (255, 0, 0)
+    assert image_grid(y[:, :, :1, :2], tolerance=0.125).ndim == 2  # nothing marked
+    _png(save_image_grid(tmp_path / "q.png", y, title="t", tolerance=0.125))
+
+
+def test_no_resume_removes_the_old_runs_outputs(tmp_path):
+    # --no-resume: the old run's checkpoints, TensorBoard events, logs, metrics and
+    # figures, and what advise and likelihood measured, go (a new run would mix with
+    # them); config.json and other files stay.
+    from sdegen._cli._train_cmd import _check_resume
+
+    old = ["checkpoints/step_000000100.ckpt", "events.out.tfevents.1.host",
+           "events.out.tfevents.2.host", "metrics.jsonl", "metrics.json", "loss.png",
+           "samples.png", "samples.npy", "samples/step_0000100.png",
+           "samples/step_0000100.npy", "advise.json", "advise.md",
+           "likelihood.json"]  # fmt: skip
+    kept = ["config.json", "notes.txt", "samples/mine.png"]
+    for name in old + kept:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    _check_resume(tmp_path, {}, resume=False)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted(kept)

@@ -1,6 +1,7 @@
 """Portable models: `sg.export_model` / `sg.load_model` round trips, the header, and
 the errors of damaged or foreign files."""
 
+import dataclasses
 import json
 
 import equinox as eqx
@@ -113,6 +114,21 @@ def test_dtype_and_data_mapping(tmp_path):
     # model space -> data: undo the transform (y * 4 + 2), then [0, 16] -> [-1, 1]
     y = np.array([[-0.5, 0.0, -0.25]])
     np.testing.assert_allclose(meta.to_data(y), ((y * 4 + 2) + 1) * 8, rtol=1e-12)
+    # Quantised data come back in their own dtype and range: 17 levels 0..16 as
+    # uint8, rounded to the nearest level and clipped; 8-bit images (an image format,
+    # levels implied) as uint8 0..255; non-integer levels as float64 on the levels.
+    q = dataclasses.replace(meta, transform=None, data={"value_range": [0.0, 16.0],
+                                                        "levels": 17})  # fmt: skip
+    u = np.array([-1.3, -1.0, -0.97, 0.0, 0.06, 0.07, 1.0, 1.5])
+    got = q.to_data(u)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.clip(np.round((u + 1) * 8), 0, 16))
+    img = dataclasses.replace(q, data={"value_range": [0, 255], "kind": "image"})
+    got = img.to_data(np.array([-1.04, -1.0, 0.0, 1.0, 1.01]))
+    assert got.dtype == np.uint8 and got.tolist() == [0, 0, 128, 255, 255]
+    half = dataclasses.replace(q, data={"value_range": [0.0, 1.0], "levels": 3})
+    got = half.to_data(np.array([-2.0, -0.4, 0.3, 3.0]))
+    assert got.dtype == np.float64 and got.tolist() == [0.0, 0.5, 0.5, 1.0]
 
 
 def test_export_and_load_errors(tmp_path):

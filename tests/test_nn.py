@@ -254,3 +254,39 @@ def test_parametrisation_with_networks_and_labels(getkey):
         sg.nn.ScoreParam(net).denoise(0.5, x)
     with pytest.raises(ValueError, match="shape"):
         sg.nn.ScoreParam(lambda t, y: y[:1])(0.5, x)
+
+
+def test_plain_mlp_is_the_formula(getkey):
+    # F(t, x) = A_out a(A_3 a(A_2 a(A_1 [x; t - 1/2; cos 2 pi t] + b_1) + b_2) + b_3)
+    # + b_out, written out with the module's own weights; the parameter count of
+    # diffusionjax's 3 x 256 network on 2-D data.
+    net = sg.nn.PlainMLP(2, 256, 3, key=getkey())
+    n = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_array)))
+    assert n == (2 + 2) * 256 + 256 + 2 * (256 * 256 + 256) + 257 * 2 == 133378
+    small = sg.nn.PlainMLP(3, 5, 2, key=getkey(), activation=jnp.tanh)
+    t, x = 0.3, jnp.array([0.1, -2.0, 0.7])
+    h = jnp.concatenate([x, jnp.array([t - 0.5, jnp.cos(2 * jnp.pi * t)])])
+    for lin in small.layers:
+        h = jnp.tanh(lin.weight @ h + lin.bias)
+    want = small.layer_out.weight @ h + small.layer_out.bias
+    np.testing.assert_allclose(small(t, x), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sg.nn.CentredCosine()(0.25), [-0.25, 0.0], atol=1e-15)
+    # any embedding of t; batched with vmap; as the network of a noise-predicting
+    # score
+    fourier = sg.nn.PlainMLP(3, 8, 1, key=getkey(),
+                             time_embedding=sg.nn.FourierFeatures(4, key=getkey()))
+    assert fourier.layers[0].weight.shape == (8, 3 + 4)
+    xs = jr.normal(getkey(), (4, 3))
+    ts = jnp.linspace(0.1, 0.9, 4)
+    np.testing.assert_allclose(jax.vmap(small)(ts, xs),
+                               jnp.stack([small(a, b) for a, b in zip(ts, xs)]),
+                               rtol=1e-12)  # fmt: skip
+    sde = sg.VPSDE(beta_min=0.01, beta_max=3.0)
+    score = sg.nn.NoiseParam(small, sde)
+    assert score(0.5, x).shape == (3,)
+    with pytest.raises(ValueError, match="`width` must be a positive int"):
+        sg.nn.PlainMLP(3, 0, key=getkey())
+    with pytest.raises((ValueError, TypeError)):  # the type hint, or the check
+        sg.nn.PlainMLP(3, key=getkey(), time_embedding=lambda t: t)
+    with pytest.raises((ValueError, TypeError)):  # the type hint, or the check
+        small(0.5, xs)

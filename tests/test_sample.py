@@ -1,5 +1,7 @@
 """Samplers against exact answers: Gaussian mixtures have closed-form scores at every t."""
 
+import re
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -284,3 +286,24 @@ def test_jit_and_grad_through_ode(getkey):
     h = 1e-5
     fd = [(f(z + h * e) - f(z - h * e)) / (2 * h) for e in jnp.eye(2)]
     assert np.allclose(g, jnp.array(fd), rtol=1e-4, atol=1e-6)
+
+
+def test_advise_reports_progress_time_left_and_compile_seconds(capsys, getkey):
+    # One line per measurement: "[i/n, ... so far, about ... left]" and the sampling
+    # and compilation seconds; each row keeps both, the table shows both.
+    sde, mixture = sg.VPSDE(), mixture_3d()
+    data = mixture.sample(getkey(), 200)
+    advice = sg.advise(getkey(), sde, mixture.score(sde), data,
+                       solvers=("euler_maruyama", "heun"), nfes=(1, 4),
+                       num_samples=50, progress=True)  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    # heun takes 2 evaluations a step: NFE 1 is below one step and is skipped
+    assert len(lines) == len(advice.rows) == 3
+    for i, line in enumerate(lines, 1):
+        assert line.startswith(f"advise [{i}/3, "), line
+        assert "so far, about" in line and "left]" in line and "s compiling)" in line
+    assert lines[-1].split("about ")[1].startswith("0 s left")
+    assert all(r["compile_seconds"] > 0 and r["seconds"] > 0 for r in advice.rows)
+    table_rows = advice.table().splitlines()[2:]
+    assert len(table_rows) == 3
+    assert all(re.search(r"\| \d+\.\d\d \(\+ \d+\.\d\) \|$", r) for r in table_rows)

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import sdegen as sg
-from sdegen._training import _batches, _train_loop
+from sdegen._training import _batches, _pace, _train_loop
 from sdegen._training._batches import iterate_batches
 
 from .helpers import xla_optimizations
@@ -538,9 +538,11 @@ def test_transform_log_det_jacobian_is_autodiff():
 
 
 def test_chunks_of_any_size_give_the_same_run(monkeypatch):
-    # Between two records the steps run in one compiled loop of at most MAX_CHUNK
-    # steps (the first step alone); smaller chunks give the same run, to rounding
+    # Between two records the steps run in compiled loops of at most MAX_CHUNK steps
+    # (the first step alone, then one step to time it, then up to 8 times more per
+    # chunk; here with no time limit); smaller chunks give the same run, to rounding
     # (float64, 1e-12 against changes of ~1e-2), for an array and for a sampler.
+    monkeypatch.setattr(_pace, "_CHUNK_SECONDS", 1e9)
     cfg = _cfg(CONST, num_steps=7, log_every=7)
     chunks = []
     steps = _train_loop._steps
@@ -559,13 +561,19 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
 
     sources = (DATA, sg.data.eight_gaussians_sampler)
     whole = [run(d) for d in sources]
-    assert chunks == [1, 6] * 2
+    assert chunks == [1, 1, 5] * 2
     chunks.clear()
     monkeypatch.setattr(_batches, "MAX_CHUNK", 3)
     for d, ref in zip(sources, whole):
         for a, b in zip(run(d), ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
-    assert chunks == [1, 3, 3] * 2
+    assert chunks == [1, 1, 3, 2] * 2
+    # Chunks sized by time: a chunk time shorter than any step gives single steps.
+    chunks.clear()
+    monkeypatch.setattr(_pace, "_CHUNK_SECONDS", 1e-9)
+    for a, b in zip(run(DATA), whole[0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    assert chunks == [1] * 7
     # Any callable is a sampler, also one that is not hashable (a dataclass).
     @dataclasses.dataclass
     class Sampler:
@@ -579,6 +587,31 @@ def test_chunks_of_any_size_give_the_same_run(monkeypatch):
     # Stacked batches (of an array or a DatasetSource): at most _STREAM_CHUNK_BYTES.
     monkeypatch.setattr(_batches, "_STREAM_CHUNK_BYTES", 3 * 16 * 2 * 8)
     assert _batches._chunk_size((np.zeros((16, 2)), np.zeros(16, np.int32))) == 2
+
+
+def test_chunks_sized_by_time():
+    # After the compilation: one step, then 2^floor(log2(T / step time)) steps, at
+    # most 8 times the last chunk and at most the data's chunk size.
+    pace = _pace.Pace(1024)
+    assert pace.size() == 1
+    pace.first()
+    assert pace.size() == 1
+    T = _pace._CHUNK_SECONDS
+    pace.add(1, T / 100)  # 100 steps per chunk time: at most 8 x 1 now
+    assert pace.size() == 8
+    pace.add(8, 8 * T / 100)
+    assert pace.size() == 64  # 2^floor(log2 100)
+    pace.add(64, 64 * T / 0.3)  # slow steps (3.3 chunk times each): one at a time
+    assert pace.size() == 1
+    pace.add(1, T / 1e6)
+    assert pace.size() == 8
+    assert _pace.Pace(4).size() == 1
+    p4 = _pace.Pace(4)
+    p4.first()
+    p4.add(1, 1e-9)
+    assert p4.size() == 4
+    assert pace.steady_rate() == pytest.approx((1 + 8 + 64 + 1) / (
+        T / 100 + 8 * T / 100 + 64 * T / 0.3 + T / 1e6))  # fmt: skip
 
 
 def test_a_step_that_changes_dtypes_is_a_clear_error():

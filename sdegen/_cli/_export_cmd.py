@@ -12,6 +12,15 @@ from ._report import say
 from ._run import load_run, prepare_out
 
 
+def _data_facts(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The data format of a run, with its number of quantisation levels (so that
+    `meta.to_data` rounds to the data's values: 0..255 for 8-bit images)."""
+    fmt = data.get("format")
+    if fmt is None or data.get("levels") is None:
+        return fmt
+    return {**fmt, "levels": int(data["levels"])}
+
+
 def cmd_export(args: argparse.Namespace) -> Path:
     out = prepare_out(args.out, writer=False)
     to = Path(args.to)
@@ -30,7 +39,7 @@ def cmd_export(args: argparse.Namespace) -> Path:
     try:
         path = export_model(to, run.model, sde=run.sde, shape=run.shape,
                             network=cfg["network"], num_classes=run.num_classes,
-                            data=cfg["data"].get("format"),
+                            data=_data_facts(cfg["data"]),
                             transform=cfg.get("transform"), info=info)  # fmt: skip
     except OSError as e:
         raise CLIError(f"--to {str(to)!r}: cannot write it ({e.strerror or e}).") from None

@@ -108,15 +108,18 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
 
 
 def write_samples(png: Path, samples: np.ndarray, held_out: np.ndarray, kind: str,
-                  title: str) -> list[Path]:  # fmt: skip
+                  title: str, levels: int | None = None) -> list[Path]:  # fmt: skip
     """Write `samples` as `png` (an image grid, or a scatter plot beside the data for
-    2-D points; no figure for other vectors) and always as the `.npy` beside it.
-    Returns the paths written."""
+    2-D points; no figure for other vectors) and always as the `.npy` beside it; in
+    the grid, values beyond the data's range by more than its quantisation step (of
+    `levels` levels) are marked. Returns the paths written."""
     from .._runs._plot import save_image_grid, save_scatter
 
     written = [save_npy(png.with_suffix(".npy"), samples)]
     if kind == "image" and samples.ndim == 4:
-        written.append(save_image_grid(png, samples[:100], scale=6, title=title))
+        step = 2.0 / (levels - 1) if levels else 0.0
+        written.append(save_image_grid(png, samples[:100], scale=6, title=title,
+                                       tolerance=step))  # fmt: skip
     elif samples.ndim == 2 and samples.shape[1] == 2:
         written.append(save_scatter(png, samples, held_out, title=title))
     return written

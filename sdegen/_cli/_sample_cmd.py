@@ -73,7 +73,8 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
             title += f", label {args.label}, W = {args.guidance or 0:g}"
         held = data.held_out if data is not None else samples[:0]
         kind = data.kind if data is not None else run.cfg["data"]["kind"]
-        write_samples(out / f"{name}.png", samples, held, kind, title)
+        write_samples(out / f"{name}.png", samples, held, kind, title,
+                      run.cfg["data"].get("levels"))  # fmt: skip
         atomic_write_json(out / f"{name}.json", result)
         say(f"wrote {out / name}.png, .npy and .json ({num} samples in {wall:.1f} s)")
         line = summary(result)

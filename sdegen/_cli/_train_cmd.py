@@ -2,6 +2,7 @@
 sample from it at the end, and write the run folder."""
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,7 @@ def _check_resume(out: Path, cfg: dict[str, Any], resume: bool) -> None:
     ckpts = sg.latest_checkpoint(out / "checkpoints") if resume else None
     if not resume:
         if sg.is_main_process():
-            for old in (out / "checkpoints").glob("step_*.ckpt"):
-                old.unlink()
+            _remove_old_run(out)
         return
     if ckpts is None or not (out / CONFIG).is_file():
         return
@@ -58,6 +58,39 @@ def _check_resume(out: Path, cfg: dict[str, Any], resume: bool) -> None:
             f"--out {str(out)!r} holds a run with other settings ({', '.join(diff)} "
             "differ); choose another --out, or --no-resume to start afresh there."
         )
+
+
+# What a run writes beside config.json and checkpoints/ (and what `advise` and
+# `likelihood` measured on its model): removed by --no-resume, so that the new run's
+# logs, figures and metrics do not mix with the old run's.
+_RUN_OUTPUTS = ("events.out.tfevents.*", "metrics.jsonl", "metrics.json", "loss.png",
+                "samples.png", "samples.npy", "samples/step_*.png",
+                "samples/step_*.npy", "advise.json", "advise.md",
+                "likelihood.json")  # fmt: skip
+
+
+def _remove_old_run(out: Path) -> None:
+    for old in (out / "checkpoints").glob("step_*.ckpt"):
+        old.unlink()
+    for pattern in _RUN_OUTPUTS:
+        for old in out.glob(pattern):
+            old.unlink()
+
+
+def _resume_hint(out: Path, e: BaseException) -> None:
+    """After Ctrl-C: the step reached, its checkpoint and the command that resumes."""
+    import shlex
+    import sys
+
+    from .._training._pace import Interrupted
+
+    if not isinstance(e, Interrupted) or e.checkpoint is None:
+        return
+    argv = [a for a in sys.argv[1:] if a != "--no-resume"]
+    cmd = " ".join(shlex.quote(a) for a in ["sdegen", *argv]) if argv else (
+        f"sdegen train --out {shlex.quote(str(out))} (with the same flags)")  # fmt: skip
+    say(f"interrupted at step {e.step}; saved {e.checkpoint}; the same command "
+        f"without --no-resume continues from it: {cmd}")  # fmt: skip
 
 
 def _eval_fn(cfg, data: RunData, transform, sde, out: Path, mesh, progress: bool,
@@ -84,7 +117,8 @@ def _eval_fn(cfg, data: RunData, transform, sde, out: Path, mesh, progress: bool
         samples = to_data(samples)
         if main:
             write_samples(out / "samples" / f"step_{state.step:07d}.png", samples,
-                          data.held_out, data.kind, f"step {state.step}")  # fmt: skip
+                          data.held_out, data.kind, f"step {state.step}",
+                          data.levels)  # fmt: skip
         m = sample_metrics(samples, data.held_out, kind=data.kind,
                            dataset=data.name)  # fmt: skip
         keep = ("mmd", "sliced_wasserstein", "frechet_distance", "frechet_floor",
@@ -122,7 +156,7 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
         f"parametrisation), {tcfg.num_steps} steps of {tcfg.batch_size} on "
         f"{num_devices(mesh)} device(s); writing to {out}/; the first step "
         "compiles")  # fmt: skip
-    with flag_names({**HF_FLAGS, "batch_size": "--batch-size"}):
+    with flag_names({**HF_FLAGS, "batch_size": "--batch-size"}), _on_interrupt(out):
         state, history = sg.train(
             model, loss, training_source(data, transform), tcfg,
             ckpt_dir=out / "checkpoints", log_dir=out if main else None,
@@ -149,7 +183,6 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
     if transform is not None:
         samples = transform.inverse(samples)
     t_sample = time.perf_counter() - t0
-    logs = history["log"]
     tail = np.asarray(state.losses)[-max(1, len(state.losses) // 10) :]
     metrics = sample_metrics(samples, data.held_out, kind=data.kind, dataset=data.name,
                              labels=labels)  # fmt: skip
@@ -160,7 +193,7 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
         "eval_loss": ev[-1]["eval_loss"] if ev else None,
         "train_wall_time_s": history["wall_time_s"],
         "train_steps_per_s": history["steps_per_s"],
-        "steady_steps_per_s": logs[-1]["steps_per_s"] if logs else None,
+        "steady_steps_per_s": history["steady_steps_per_s"],
         "num_params": _num_params(model),
         "sampler": spec.describe(),
         "sample_wall_time_s": t_sample,
@@ -170,12 +203,22 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
     }
     if main:
         write_samples(out / "samples.png", samples, data.held_out, data.kind,
-                      f"{data.name}: {spec.describe()}")  # fmt: skip
+                      f"{data.name}: {spec.describe()}", data.levels)  # fmt: skip
         atomic_write_json(out / "metrics.json", result)
         say(summary(result))
         say(f"wrote {out}/samples.png, samples.npy, loss.png, metrics.json, "
             "metrics.jsonl, checkpoints/")  # fmt: skip
     return result
+
+
+@contextlib.contextmanager
+def _on_interrupt(out: Path):
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if sg.is_main_process():
+            _resume_hint(out, e)
+        raise
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:

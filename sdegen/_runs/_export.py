@@ -199,7 +199,8 @@ class ModelMeta:
       unconditional branch (the null label of classifier-free guidance).
     - `network`: the network's hyper-parameters (see [`sdegen.export_model`][]).
     - `data`: how the data were scaled to the model's space (e.g. the
-      [`sdegen.data.HFFormat`][] as a dict, with its `value_range`), or `None`.
+      [`sdegen.data.HFFormat`][] as a dict, with its `value_range`; `levels`, the
+      number of quantisation levels, when known), or `None`.
     - `transform`: the data transform the model was trained behind (an
       [`sdegen.data.AffineTransform`][]: the model's space is `transform.forward` of
       the data), or `None`.
@@ -217,16 +218,33 @@ class ModelMeta:
     dtype: str = "float32"
 
     def to_data(self, x: Any) -> np.ndarray:
-        r"""Map samples from the model's space back to the raw data values: undo
+        r"""Map samples from the model's space back to the data's own values: undo
         `transform` (`transform.inverse`), then the scaling of `data["value_range"]`,
-        $[lo, hi] \to [-1, 1]$ (e.g. back to 8-bit pixel values)."""
+        $[lo, hi] \to [-1, 1]$. Quantised data (`data["levels"]` $= L$ levels
+        $lo + j (hi - lo)/(L - 1)$, or an image format, whose pixels are the integers
+        of $[lo, hi]$) are rounded to the nearest level and clipped to $[lo, hi]$, in
+        the data's dtype: `uint8` for integer levels within $0..255$ (8-bit images
+        give `uint8` 0..255), else `int64` for other integer levels, float64
+        otherwise. Data without a known quantisation stay float64, unclipped."""
         y = np.asarray(x, np.float64)
         if self.transform is not None:
             y = np.asarray(self.transform.inverse(y), np.float64)
-        rng = (self.data or {}).get("value_range")
-        if rng is not None:
-            lo, hi = rng
-            y = (y + 1.0) * ((hi - lo) / 2.0) + lo
+        data = self.data or {}
+        rng = data.get("value_range")
+        if rng is None:
+            return y
+        lo, hi = float(rng[0]), float(rng[1])
+        y = (y + 1.0) * ((hi - lo) / 2.0) + lo
+        levels = data.get("levels")
+        if levels is None and data.get("kind") == "image":
+            levels = int(round(hi - lo)) + 1
+        if levels is None or int(levels) < 2:
+            return y
+        step = (hi - lo) / (int(levels) - 1)
+        y = lo + np.round((np.clip(y, lo, hi) - lo) / step) * step
+        if step == 1.0 and lo == round(lo):
+            dtype = np.uint8 if 0 <= lo and hi <= 255 else np.int64
+            return np.round(y).astype(dtype)
         return y
 
 

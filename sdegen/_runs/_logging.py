@@ -113,8 +113,9 @@ def format_record(rec: dict[str, Any]) -> str:
 
 class Progress:
     """The screen report of [`sdegen.train`][]: a tqdm bar (`mode=True`) whose
-    description reads "compiling" until the first step has returned, one printed
-    line per log interval (`mode="lines"`), or nothing (`mode=False`)."""
+    description reads "compiling" until the first step has returned and which then
+    moves after every chunk of steps (its rate and ETA those of the compiled steps),
+    one printed line per log interval (`mode="lines"`), or nothing (`mode=False`)."""
 
     def __init__(self, mode: bool | str, total: int, initial: int):
         if mode not in (True, False, "lines"):
@@ -124,26 +125,46 @@ class Progress:
         if mode is True:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step",
+            self.total = total
+            self.bar = tqdm(total=total, initial=initial, unit="step", leave=False,
                             dynamic_ncols=True, desc="compiling")  # fmt: skip
         elif mode == "lines" and initial < total:
             print(f"sdegen.train: compiling the step (from step {initial})",
                   file=sys.stderr, flush=True)  # fmt: skip
 
-    def compiled(self, seconds: float) -> None:
+    def compiled(self, seconds: float, step: int | None = None) -> None:
+        """The first step (compilation included) took `seconds`; a new bar starts at
+        `step`, so its rate and ETA leave the compilation out."""
         if self.bar is not None:
-            self.bar.set_description("training")
+            from tqdm.auto import tqdm
+
+            step = self.bar.n + 1 if step is None else step
+            self.bar.close()
+            self.bar = tqdm(total=self.total, initial=step, unit="step",
+                            dynamic_ncols=True,
+                            desc=f"training (compiled in {seconds:.0f} s)")  # fmt: skip
         elif self.mode == "lines":
             print(f"sdegen.train: first step done in {seconds:.1f} s (compilation "
                   "included)", file=sys.stderr, flush=True)  # fmt: skip
 
+    def advance(self, step: int) -> None:
+        """`step` steps are done (after every chunk)."""
+        if self.bar is not None and step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+
+    def note(self, message: str) -> None:
+        """A line on stderr, above the bar."""
+        if self.bar is not None:
+            self.bar.write(f"sdegen.train: {message}", file=sys.stderr)
+        elif self.mode == "lines":
+            print(f"sdegen.train: {message}", file=sys.stderr, flush=True)
+
     def log(self, rec: dict[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.update(rec["step"] - self.bar.n)
+            self.advance(rec["step"])
             post = {"loss": f"{rec['loss']:.4g}"}
             if "lr" in rec:
                 post["lr"] = f"{rec['lr']:.3g}"
-            post["steps/s"] = f"{rec['steps_per_s']:.1f}"
             self.bar.set_postfix(post)
         elif self.mode == "lines":
             print(format_record(rec), file=sys.stderr, flush=True)

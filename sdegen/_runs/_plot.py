@@ -58,12 +58,14 @@ def out_of_range(images: Any, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
 
 
 def image_grid(images: Any, ncols: int | None = None, pad: int = 1, *,
-               mark: bool = True) -> np.ndarray:  # fmt: skip
+               mark: bool = True, tolerance: float = 0.0) -> np.ndarray:  # fmt: skip
     r"""Tile images of shape `(N, C, H, W)` with values in $[-1, 1]$ into one
     `uint8` array of shape `(rows·(H+pad)+pad, cols·(W+pad)+pad[, 3])`.
 
-    Values outside $[-1, 1]$ are not hidden by the clipping: with `mark`, a pixel
-    with a value above 1 is drawn light red, below -1 dark red, not finite magenta
+    Values outside $[-1 - \delta, 1 + \delta]$ ($\delta$ = `tolerance`, e.g. the
+    data's quantisation step: round-off at the boundary is not marked) are not
+    hidden by the clipping: with `mark`, a pixel with a value above $1 + \delta$ is
+    drawn light red, below $-1 - \delta$ dark red, not finite magenta
     (so the image stays readable, bright and dark where it was), the padding frame
     around an image with any such pixel is red, and the grid is RGB. Otherwise a grey
     data set ($C = 1$) gives a 2-D grey grid."""
@@ -76,8 +78,8 @@ def image_grid(images: Any, ncols: int | None = None, pad: int = 1, *,
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
     with np.errstate(invalid="ignore"):
-        above = np.any(x > 1, axis=1)
-        below = np.any(x < -1, axis=1)
+        above = np.any(x > 1 + tolerance, axis=1)
+        below = np.any(x < -1 - tolerance, axis=1)
     nonfinite = np.any(~np.isfinite(x), axis=1)
     bad = (above | below | nonfinite) if mark else np.zeros((n, h, w), bool)
     rgb = c == 3 or bool(bad.any())
@@ -110,26 +112,31 @@ def save_image_grid(
     ncols: int | None = None,
     scale: int = 8,
     title: str | None = None,
+    tolerance: float = 0.0,
 ) -> Path:
     r"""Write images `(N, C, H, W)` in $[-1, 1]$ as one PNG grid, each pixel enlarged
-    `scale` times (nearest neighbour) so 8×8 digits are visible. Values outside
-    $[-1, 1]$ are marked in red (see `image_grid`), and the fraction of values
-    outside $[-1, 1]$ and beyond $\pm 1.1$ is written under the grid, after
-    `title`."""
+    `scale` times (nearest neighbour) so 8×8 digits are visible. Values beyond
+    $[-1, 1]$ by more than `tolerance` $\delta$ (the data's quantisation step, $2 /
+    (L - 1)$ for $L$ levels: less is round-off, which rounding to the data's values
+    removes) are marked in red (see `image_grid`); the caption under the grid, after
+    `title`, says what is marked and the fraction of such values, and the fraction
+    outside $[-1, 1]$ at all."""
     PIL = _require("PIL.Image", "pillow")
     draw = _require("PIL.ImageDraw", "pillow")
 
     frac = float(np.mean(out_of_range(images)))
-    far = float(np.mean(out_of_range(images, -1.1, 1.1)))
-    grid = image_grid(images, ncols)
+    far = float(np.mean(out_of_range(images, -1 - tolerance, 1 + tolerance)))
+    grid = image_grid(images, ncols, tolerance=tolerance)
     img = PIL.fromarray(grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale),
                          PIL.Resampling.NEAREST)  # fmt: skip
-    caption = f"{100 * frac:.2f}% of values outside [-1, 1]"
-    if frac:
-        caption += f" (red: light above, dark below), {100 * far:.2f}% beyond 1.1"
-    lines = [t for t in (title, caption) if t]
+    beyond = (f"beyond [-1, 1] by more than the quantisation step {tolerance:.3g}"
+              if tolerance else "outside [-1, 1]")  # fmt: skip
+    caption = f"red: {100 * far:.2f}% of values {beyond} (light above, dark below)"
+    note = (f"{100 * (frac - far):.2f}% outside [-1, 1] by less: round-off, not marked"
+            if tolerance else None)  # fmt: skip
+    lines = [t for t in (title, caption, note) if t]
     strip = 12 * len(lines) + 4
     canvas = PIL.new("RGB", (max(img.width, 6 * max(map(len, lines)) + 8),
                              img.height + strip), "white")  # fmt: skip
@@ -137,7 +144,7 @@ def save_image_grid(
     pen = draw.Draw(canvas)
     for i, line in enumerate(lines):
         pen.text((4, img.height + 2 + 12 * i), line,
-                 fill=(200, 0, 0) if i == len(lines) - 1 and frac else (0, 0, 0))  # fmt: skip
+                 fill=(200, 0, 0) if line is caption and far else (0, 0, 0))  # fmt: skip
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())

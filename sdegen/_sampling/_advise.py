@@ -46,7 +46,7 @@ class Advice:
     """One row per (solver, NFE): `solver`, `kind` (`"ode"`/`"sde"`), `grid`, `nfe`,
     `num_steps`, `frechet_ratio`, `frechet_distance`, `std_ratio`,
     `frac_outside_range` (and `frac_beyond_1.1`), `seconds` (sampling time,
-    compilation excluded)."""
+    compilation excluded) and `compile_seconds` (compiling the sampler)."""
     target: float
     floor: float
     recommended: dict[str, Any] | None = field(default=None)
@@ -56,13 +56,14 @@ class Advice:
     def table(self) -> str:
         """The rows as a Markdown table."""
         head = "| solver | kind | grid | NFE | steps | FD / floor | std / data | " \
-               "out of range | seconds |"  # fmt: skip
+               "out of range | seconds (+ compiling) |"  # fmt: skip
         lines = [head, "|" + " --- |" * 9]
         for r in self.rows:
             lines.append(
                 f"| `{r['solver']}` | {r['kind']} | {r['grid']} | {r['nfe']} | "
                 f"{r['num_steps']} | {r['frechet_ratio']:.3g} | {r['std_ratio']:.3g} | "
-                f"{r['frac_outside_range']:.3g} | {r['seconds']:.2f} |"
+                f"{r['frac_outside_range']:.3g} | {r['seconds']:.2f} "
+                f"(+ {r.get('compile_seconds', float('nan')):.1f}) |"
             )
         return "\n".join(lines)
 
@@ -75,6 +76,19 @@ class Advice:
                 f"num_steps={r['num_steps']} ({r['nfe']} score evaluations): Fréchet "
                 f"distance {r['frechet_ratio']:.2f}x the floor (target "
                 f"{self.target}x).")  # fmt: skip
+
+
+def _eta(t_start: float, done: int, total: int) -> str:
+    """`12 s so far, about 1 min 05 s left`: the mean time of a measurement so far
+    (compilation, sampling and metrics) times the measurements left."""
+    elapsed = time.perf_counter() - t_start
+    left = elapsed / done * (total - done)
+
+    def fmt(s: float) -> str:
+        s = int(round(s))
+        return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+    return f"{fmt(elapsed)} so far, about {fmt(left)} left"
 
 
 def _sampler(sde, score, shape, name, num_steps, grid, args):
@@ -134,10 +148,13 @@ def advise(
       undoing a standardisation), or `None`.
     - `args`: passed to the score.
     - `chunk_size`: samples per vmapped chunk.
-    - `progress`: print one line per measurement.
+    - `progress`: print one line per measurement: how many are done of how many,
+      the time so far and the estimated time left, and the measurement's sampling
+      and compilation seconds.
 
     **Returns:** an [`sdegen.Advice`][]: the rows (Fréchet ratio and distance, std
-    ratio, out-of-range fraction, seconds) and the recommendation.
+    ratio, out-of-range fraction, `seconds` of sampling and `compile_seconds` of
+    compiling the sampler) and the recommendation.
     """
     from ..metrics import sample_report
 
@@ -163,6 +180,9 @@ def advise(
         return jax.vmap(run)(keys)
 
     rows, floor = [], float("nan")
+    todo = sum(1 for name in solvers for nfe in nfes
+               if nfe // SOLVERS[name].evals_per_step >= _min_steps(name))  # fmt: skip
+    t_start = time.perf_counter()
     for name in solvers:
         info = SOLVERS[name]
         grid = ADVISE_GRIDS.get(name, "uniform")
@@ -171,6 +191,7 @@ def advise(
             if steps < _min_steps(name):
                 continue
             chunks = [keys[i:i + chunk_size] for i in range(0, num_samples, chunk_size)]
+            t_compile = time.perf_counter()
             compiled = {c.shape[0]: fn.lower(params, (name, steps, grid), c).compile()
                         for c in chunks}  # fmt: skip
             t0 = time.perf_counter()
@@ -189,11 +210,14 @@ def advise(
                          "std_ratio": rep["std_ratio"],
                          "frac_outside_range": rep["frac_outside_range"],
                          "frac_beyond_1.1": rep.get("frac_beyond_1.1"),
-                         "seconds": seconds})  # fmt: skip
+                         "seconds": seconds,
+                         "compile_seconds": t0 - t_compile})  # fmt: skip
             if progress:
                 r = rows[-1]
-                print(f"advise: {name:14s} NFE {r['nfe']:4d}: FD/floor "
-                      f"{r['frechet_ratio']:.3g}, {seconds:.1f} s", flush=True)  # fmt: skip
+                print(f"advise [{len(rows)}/{todo}, {_eta(t_start, len(rows), todo)}]: "
+                      f"{name:14s} NFE {r['nfe']:4d}: FD/floor {r['frechet_ratio']:.3g}, "
+                      f"{seconds:.1f} s (+ {t0 - t_compile:.1f} s compiling)",
+                      flush=True)  # fmt: skip
     if not rows:  # an empty table is not an answer
         raise ValueError(
             f"Nothing was measured: every budget of `nfes` ({', '.join(map(str, nfes))}) "

@@ -85,7 +85,8 @@ def sample_sde(
     - `solver`: a name from [`sdegen.SOLVERS`][] (SDE-capable) or a solver instance.
     - `num_steps`: the number of steps from $T$ to `eps` (the initial step count of
       an adaptive solve).
-    - `eps`: the final time $\varepsilon \in (0, T)$.
+    - `eps`: the final time $\varepsilon \in (0, T)$ (default `1e-3`, above the
+      losses' `1e-5`: see `eps` of [`sdegen.dsm_loss`][]).
     - `grid`: `"uniform"`, `"logsnr"` or `"karras"` (see [`sdegen.time_grid`][]).
     - `ts`: a custom strictly decreasing time grid in $(0, T]$ (overrides
       `num_steps`, `grid` and `eps`).

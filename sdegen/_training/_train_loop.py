@@ -36,6 +36,7 @@ from .._runs._logging import LogFn, MetricsLogger, Progress
 from ._batches import checked_data, chunked_source, data_source
 from ._ema import make_ema
 from ._optim import learning_rate_of, make_optimizer, make_schedule
+from ._pace import Interrupted, Pace, StopOnInterrupt
 from ._train import (
     _RESUMABLE,
     TrainConfig,
@@ -74,16 +75,25 @@ def train(
     The EMA decay of step $s$ is that of `cfg.ema` at $s$. A resumed run therefore
     repeats the uninterrupted one exactly.
 
-    On one device the steps between two log records, checkpoints or evaluations run
-    in one compiled loop (one dispatch for up to 1024 steps, not one per step, which
-    makes small models several times faster): a sampler draws its batches inside the
+    On one device the steps run in chunks, each one compiled loop (one dispatch for up
+    to 1024 steps, not one per step, which makes small models several times faster),
+    sized by time: a chunk ends at the next log record, checkpoint or evaluation and
+    takes at most about half a second (measured from the step time), so the progress
+    bar moves and Ctrl-C is answered that often. A sampler draws its batches inside the
     loop; array and `DatasetSource` batches are stacked for it (on the device or read
     on the host, at most 8 MiB per call), so both give the same run bit for bit. With
     `mesh`, every step is one call of [`sdegen.sharded_step`][].
 
+    **Ctrl-C** (SIGINT, in the main thread of a one-process run) stops training after
+    the running chunk: the checkpoint of the step reached is written to `ckpt_dir` and
+    `KeyboardInterrupt` is raised, naming it (a second Ctrl-C interrupts at once);
+    `train` with `resume=True` continues from it. A run whose steps will take over 10
+    minutes on a CPU says so after its first second of steps, with what to change.
+
     Every `cfg.log_every` steps a record `{step, loss, ema_loss, lr, grad_norm,
     steps_per_s, num_devices}` is made: `loss` and `grad_norm` are means over the
-    interval; `ema_loss` is `loss_fn` of the EMA model on a fixed batch (the batch of
+    interval; `steps_per_s` is the steps' own rate over the interval (evaluations,
+    checkpoints and the compilation left out); `ema_loss` is `loss_fn` of the EMA model on a fixed batch (the batch of
     step 0) and key (one forward pass per record, `ema_loss=False` to skip it); `lr`
     is the learning rate of the last step (of an `optax.inject_hyperparams` optimiser
     when `optimizer` is given, else left out). Records go to `history["log"]`, to
@@ -136,7 +146,9 @@ def train(
     **Returns:** `(state, history)`: the final [`sdegen.TrainState`][] (its arrays
     replicated over `mesh` when given) and a dict with `log` (the log records),
     `eval` (records of `eval_fn`), `compile_s` (wall time of the first step of this
-    call), `wall_time_s` and `steps_per_s` (of this call, compile included).
+    call), `wall_time_s` and `steps_per_s` (of this call, compile included) and
+    `steady_steps_per_s` (the steps' own rate, as in the records, over the call;
+    `None` when only the compiled first step ran).
 
     **Raises:** `ValueError` for bad data, a `cfg.batch_size` not divisible by the
     number of devices of `mesh`, or a checkpoint whose hyper-parameters differ;
@@ -220,22 +232,37 @@ def train(
         events.append(cfg.ckpt_every)
     if eval_fn is not None and cfg.eval_every is not None:
         events.append(cfg.eval_every)
+    pace = Pace(max_chunk)
+    stop = StopOnInterrupt()
+
+    def interrupted(state, saved: bool):
+        if ckpt_dir is not None and not saved:
+            _save(ckpt_dir, state, all_hparams, history, cfg.keep_checkpoints)
+        path = None if ckpt_dir is None else checkpoint_path(ckpt_dir, state.step)
+        return Interrupted(state.step, path)
 
     try:
         s = start
         while s < cfg.num_steps:
-            # The steps up to the next log, checkpoint, evaluation or the end run in
-            # one call (the first step alone: its time is the compilation's).
-            done = min([cfg.num_steps, s + max_chunk if compile_s is not None else s + 1,
-                        *((s // e + 1) * e for e in events)])  # fmt: skip
+            # The steps up to the next log, checkpoint, evaluation or the end, at most
+            # about `_CHUNK_SECONDS` of them, run in one call (the first step alone:
+            # its time is the compilation's).
+            done = min([cfg.num_steps, s + pace.size(), *((s // e + 1) * e for e in events)])
+            t0 = time.perf_counter()
             model, ema_model, opt_state, stats = run_steps(model, ema_model, opt_state, s,
                                                            done - s)  # fmt: skip
             pending.append((stats, done - s))
-            s = done
+            jax.block_until_ready(stats)  # the bar, the chunk's timing and Ctrl-C
+            k, s, seconds = done - s, done, time.perf_counter() - t0
             if compile_s is None:
-                jax.block_until_ready(stats)
                 compile_s = time.perf_counter() - t_start
-                screen.compiled(compile_s)
+                pace.first()
+                screen.compiled(compile_s, done)
+            else:
+                pace.add(k, seconds)
+            screen.advance(done)
+            if (eta := pace.long_run(cfg.num_steps - done)) is not None:
+                screen.note(eta)
             last = done == cfg.num_steps
             is_log = done % cfg.log_every == 0 or last
             is_ckpt = ckpt_dir is not None and (
@@ -245,6 +272,8 @@ def train(
                 last or (cfg.eval_every is not None and done % cfg.eval_every == 0)
             )
             if not (is_log or is_ckpt or is_eval):
+                if stop.requested:
+                    raise interrupted(snapshot(done)[0], saved=False)
                 continue
             state, norms = snapshot(done)
             if not np.isfinite(state.losses[-1]):
@@ -268,7 +297,9 @@ def train(
                       else float(schedule(done - 1)))  # fmt: skip
                 if lr is not None:
                     rec["lr"] = lr
-                rec["steps_per_s"] = (done - s_log) / max(now - t_log, 1e-12)
+                # the steps' own time: evaluations, checkpoints and the compilation
+                # left out (the compilation counts only when nothing else ran)
+                rec["steps_per_s"] = pace.interval_rate(done - s_log, now - t_log)
                 rec["num_devices"] = num_devices
                 history["log"].append(rec)
                 t_log, s_log = now, done
@@ -281,7 +312,10 @@ def train(
                 _save(ckpt_dir, state, all_hparams, history, cfg.keep_checkpoints)
             if is_log and callback is not None:
                 callback(state)
+            if stop.requested and not last:
+                raise interrupted(state, saved=is_ckpt)
     finally:
+        stop.restore()
         screen.close()
         if logger is not None:
             logger.close()
@@ -290,6 +324,7 @@ def train(
     history["compile_s"] = compile_s
     history["wall_time_s"] = wall
     history["steps_per_s"] = (state.step - start) / wall if wall > 0 else 0.0
+    history["steady_steps_per_s"] = pace.steady_rate()
     return state, history
 
 

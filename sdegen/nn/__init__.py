@@ -17,4 +17,5 @@ from ._param import (
     ScoreParam as ScoreParam,
     VelocityParam as VelocityParam,
 )
+from ._plain_mlp import CentredCosine as CentredCosine, PlainMLP as PlainMLP
 from ._unet import UNet as UNet

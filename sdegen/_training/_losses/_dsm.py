@@ -118,7 +118,11 @@ def single_dsm_loss(
     - `key`: PRNG key for $t$ and $z$ (split into two).
     - `weighting`: a weighting name or object, or a callable $\lambda(t)$.
     - `times`: a time-sampling name or [`sdegen.AbstractTimeSampling`][].
-    - `eps`: smallest time $\varepsilon \in (0, T)$, default `1e-5`.
+    - `eps`: smallest time $\varepsilon \in (0, T)$, default `1e-5`, deliberately
+      below the samplers' default end time `1e-3`: the model must be trained on every
+      time it is used at, and [`sdegen.log_likelihood`][] integrates down to `1e-5`
+      (both are score_sde's defaults; the samplers stop earlier, where the score,
+      of size $1/\sigma(t)$, is not yet stiff for a few fixed steps).
     - `importance_sampling`: the same as `times="importance"`.
     - `t`: a fixed time in $(0, T]$ instead of a random one (diagnostics).
     - `label`: optional class label passed to `model(t, x, label=label)`.
