@@ -10,9 +10,9 @@ import jax.random as jr
 import sdegen as sg
 
 from .._runs._checkpoint import atomic_write_json
+from ._data import reference_pool
 from ._errors import CLIError
 from ._report import say
-from ._data import reference_pool
 from ._run import load_run, prepare_out
 from ._sample_cmd import held_out_data
 
