@@ -205,7 +205,7 @@ class Loss:
     dequantize: str | None = None
     """JSON `{"transform", "half_width"}`: each batch (in the model's space) is mapped
     back to the data, given fresh uniform noise within its quantisation bin
-    $\pm h$ and mapped forward again (training on dequantised data)."""
+    ± h and mapped forward again (training on dequantised data)."""
 
     @classmethod
     def of(cls, cfg: dict[str, Any], sde: Any) -> "Loss":
