@@ -96,7 +96,8 @@ def main() -> None:
                                      num_steps=steps, grid=grid)))  # fmt: skip
         x = np.asarray(run.to_data(fn(keys)))
         ind = independent(feats(x), feats(digits))
-        prod = adv_row or sg.metrics.verdict(x, digits, key=jr.key(1),
+        flat = x.reshape(len(x), -1)
+        prod = adv_row or sg.metrics.verdict(flat, digits, key=jr.key(1),
                                              features=sg.metrics.digit_features())
         rows.append((solver, steps, grid, prod, ind))
         print(f"{solver} {steps} {grid}: product {prod['frechet_ratio']:.3f} "
