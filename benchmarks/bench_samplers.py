@@ -15,8 +15,8 @@ import jax.random as jr
 
 def run(run_dir, nfes=(5, 10, 20, 35, 50, 100, 1000), num_samples=500):
     import sdegen as sg
-    from sdegen._cli._run import load_run
     from sdegen._cli._data import reference_pool
+    from sdegen._cli._run import load_run
     from sdegen._cli._sample_cmd import held_out_data
 
     run_dir = pathlib.Path(run_dir)
