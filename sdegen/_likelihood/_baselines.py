@@ -29,9 +29,11 @@ def baseline_bits_per_dim(train: Any, held_out: Any, num_bins: int, *,
     - `gaussian`: one full-covariance Gaussian fitted to the uniformly dequantised
       training data $k + u$ (bin width 1), scored on dequantised held-out data:
       $-\log_2 \mathcal{N}(k + u;\, \mu, \Sigma)/D$, an upper bound on its discrete
-      bits/dim like the model's (same protocol).
+      bits/dim like the model's (same protocol); only with more training examples
+      than entries $D$ (else the covariance is singular).
 
-    **Returns:** `{"uniform", "histogram", "gaussian"}`, the means over `held_out`.
+    **Returns:** `{"uniform", "histogram", "gaussian"}` (the last only for
+    $N > D$), the means over `held_out`.
     """
     num_bins = int(num_bins)
     tr, te = _levels(train, num_bins, "train"), _levels(held_out, num_bins, "held_out")
@@ -41,6 +43,9 @@ def baseline_bits_per_dim(train: Any, held_out: Any, num_bins: int, *,
     counts = np.stack([np.bincount(col, minlength=num_bins) for col in tr.T])  # (D, L)
     logp = np.log2((counts + 1.0) / (n + num_bins))
     hist = -float(np.mean(logp[np.arange(d)[None, :], te]))
+    out = {"uniform": math.log2(num_bins), "histogram": hist}
+    if n <= d:  # too few examples for a full covariance
+        return out
     rng = np.random.default_rng(seed)
     y_tr = tr + rng.uniform(size=tr.shape)
     y_te = te + rng.uniform(size=te.shape)
@@ -50,5 +55,5 @@ def baseline_bits_per_dim(train: Any, held_out: Any, num_bins: int, *,
     z = np.linalg.solve(chol, (y_te - mu).T)
     nll = 0.5 * np.sum(z**2, 0) + np.sum(np.log(np.diag(chol))) + 0.5 * d * math.log(
         2 * math.pi)  # fmt: skip
-    gauss = float(np.mean(nll) / (d * math.log(2.0)))
-    return {"uniform": math.log2(num_bins), "histogram": hist, "gaussian": gauss}
+    out["gaussian"] = float(np.mean(nll) / (d * math.log(2.0)))
+    return out
