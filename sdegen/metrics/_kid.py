@@ -7,7 +7,10 @@ import numpy as np
 
 
 def _poly(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a @ b.T / a.shape[1] + 1.0) ** 3
+    t = a @ b.T
+    t /= a.shape[1]
+    t += 1.0
+    return t * t * t  # faster than ** 3
 
 
 def kid(x: Any, y: Any) -> float:
