@@ -20,7 +20,7 @@ def _fd(f: np.ndarray, ref: tuple[np.ndarray, np.ndarray]) -> float:
 
 
 class _Kids:
-    """Kernel distances of weighted subsets of the samples (rows of `fx`) to subsets
+    r"""Kernel distances of weighted subsets of the samples (rows of `fx`) to subsets
     of the data (rows of `fy`), from the kernel matrices computed once: a multiset of
     samples is a count vector $c$, and its within-set U-statistic is
     $(c^\top K c - \sum_i c_i K_{ii}) / (m(m-1))$."""
