@@ -196,6 +196,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--times", choices=TIMES, default=None,
                    help="how training times are drawn (default uniform; logit_normal: "
                         "SD3's logit(t/T) ~ N(0, 1))")  # fmt: skip
+    g.add_argument("--objective", choices=("auto", "likelihood"), default="auto",
+                   help="likelihood: train for bits/dim, the likelihood weighting "
+                        "g^2 with importance-sampled times (Song et al. 2021), i.e. "
+                        "--loss dsm_likelihood with times drawn in proportion to the "
+                        "weight (default auto: the --loss weighting, uniform times)")  # fmt: skip
+    g.add_argument("--no-dequantize", action="store_true",
+                   help="train on the quantised values as they are (default: data "
+                        "with a known number of levels, such as the digits' 17 or "
+                        "8-bit images, are dequantised uniformly within each level's "
+                        "bin at every step, the density `sdegen likelihood` scores)")  # fmt: skip
     g.add_argument("--label-dropout", type=probability, default=None,
                    help="probability of replacing a label by the null label while "
                         "training a conditional model, for classifier-free guidance "
@@ -370,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budgets of score evaluations (default 5 10 20 35 50 100)")
     p.add_argument("--num-samples", type=positive_int, default=500,
                    help="samples per measurement (default 500)")
+    p.add_argument("--quick", action="store_true",
+                   help="measure a few samplers only (euler, ddim, dpmpp_2m at 10 and "
+                        "20 score evaluations), in about a minute")
     p.add_argument("--target", type=positive_float, default=1.2,
                    help="the Fréchet distance / floor to reach (default 1.2)")
     p.add_argument("--seed", type=nonneg_int, default=0)

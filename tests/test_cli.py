@@ -146,7 +146,11 @@ def test_sample_one_class_with_guidance_export_and_load_model(image_run, capsys)
     again = draw_samples(jr.key(0), meta.sde, model, meta.shape, spec, 3,
                          labels=np.full(3, 3), guidance=2.0)  # fmt: skip
     np.testing.assert_allclose(x, meta.transform.inverse(again), rtol=1e-6, atol=1e-6)
-    assert np.all(np.abs(x) < 1 + 0.1 / 0.9)  # the logit transform's range
+    # the logit transform's range: the dequantised [-1 - h, 1 + h], h = 1/255,
+    # widened by alpha / (1 - 2 alpha) of its width
+    assert np.all(np.abs(x) < (1 + 1 / 255) * (1 + 0.1 / 0.9))
+    # scored against the real examples of its class, and saying so
+    assert "class 3" in info["reference"] and info["verdict"]
     # The guided score is classifier-free guidance, (1 + W) s(x, y) - W s(x, null).
     t, z = 0.5, jnp.asarray(x[0])
     s = guided(model, 3, 2.0)(t, z)
@@ -250,9 +254,15 @@ def test_likelihood_bits_per_dim_of_dequantised_images(image_run, monkeypatch, c
                  "heun", "--rtol", "1e-2", "--no-progress"]) == 0  # fmt: skip
     assert calls[0] == {"solver": "heun", "rtol": 1e-2, "atol": 1e-5,
                         "trace": "hutchinson"}  # fmt: skip
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "bits/dim (256-level dequantised data)" in printed and "over 3" in printed
+    # the baselines beside it, and a warning: the stand-in model is worse than a
+    # uniform distribution over the 256 levels
+    assert "uniform over the 256 levels" in printed and "per-pixel histogram" in printed
+    assert "worse than the uniform" in captured.err
     lik = json.loads((out / "likelihood.json").read_text())
+    assert lik["baselines_bits_per_dim"]["uniform"] == 8.0
     expected = 100 / (48 * math.log(2)) - math.log2(2 / 255)
     np.testing.assert_allclose(lik["bits_per_dim"], expected, rtol=1e-9)
     assert lik["ci95_half_width"] == 0.0 and lik["num_points"] == 3
@@ -450,6 +460,13 @@ def test_demo_defaults_and_auto_network():
     assert cfg["sample"]["num_samples"] == 500
     assert cfg["network"]["net"] == "mlp" and cfg["data"]["shape"] == [1, 8, 8]
     assert cfg["data"]["levels"] == 17 and cfg["data"]["num_classes"] is None
+    # trained on dequantised data (bins of half-width 1/16), with the score weighting
+    assert cfg["dequantize"] == 1 / 16 and cfg["objective"] == "auto"
+    args = build_parser().parse_args(["demo", "--objective", "likelihood",
+                                      "--no-dequantize"])  # fmt: skip
+    cfg = run_config(args, data, None, demo=True)
+    assert cfg["loss"] == "dsm_likelihood" and cfg["dequantize"] is None
+    assert cli_config.Loss.of(cfg, sg.VPSDE()).importance
     args = build_parser().parse_args(["train", "--out", "x", "--label-column", "label",
                                       "--transform", "pixel"])  # fmt: skip
     data = load_data(data_spec(args))
@@ -476,6 +493,11 @@ def test_sample_metrics_and_figures_of_points(tmp_path):
     assert m_good["mmd"] < m_bad["mmd"] and m_good["frac_outside_range"] < 0.1
     assert m_bad["frac_outside_range"] > 0.5
     assert m_good["frechet_ratio"] < m_bad["frechet_ratio"]
+    # with a reference pool: the verdict with its interval
+    m = sample_metrics(bad, data[:200], kind="vector", dataset="moons",
+                       reference=(data, "400 points"))  # fmt: skip
+    assert m["verdict"].startswith("worse") and m["reference"] == "400 points"
+    assert m["frechet_n"] == 133 and len(m["frechet_ratio_ci"]) == 2
     paths = write_samples(tmp_path / "s.png", good, data, "vector", "moons")
     assert [p.name for p in paths] == ["s.npy", "s.png"]
     _png(tmp_path / "s.png")

@@ -10,6 +10,7 @@ import jax.random as jr
 import sdegen as sg
 
 from .._runs._checkpoint import atomic_write_json
+from ._data import reference_pool
 from ._errors import CLIError, flag_names
 from ._report import say
 from ._run import load_run, prepare_out
@@ -27,13 +28,17 @@ def cmd_advise(args: argparse.Namespace) -> dict[str, Any]:
     for name in solvers:
         if sg.SOLVERS.get(name) is None:
             raise CLIError(f"--solvers: unknown solver {name!r} (see `sdegen solvers`).")
+    pool, what = reference_pool(data)
+    quick = getattr(args, "quick", False)
     with flag_names({"nfes": "--nfe", "solvers": "--solvers"}):
-        advice = sg.advise(jr.key(args.seed), run.sde, run.model,
-                           run.to_model(data.held_out), solvers=solvers, nfes=args.nfe,
+        advice = sg.advise(jr.key(args.seed), run.sde, run.model, run.to_model(pool),
+                           solvers=solvers, nfes=args.nfe,
                            num_samples=args.num_samples, target=args.target,
-                           transform=run.to_data, progress=not args.no_progress)  # fmt: skip
+                           transform=run.to_data, progress=not args.no_progress,
+                           quick=quick, reference_name=what)  # fmt: skip
     result = {"target": advice.target, "floor": advice.floor, "rows": advice.rows,
-              "recommended": advice.recommended}  # fmt: skip
+              "recommended": advice.recommended, "reference": what,
+              "summary": advice.summary()}  # fmt: skip
     if sg.is_main_process():
         atomic_write_json(out / "advise.json", result)
         (out / "advise.md").write_text(advice.table() + "\n\n" + advice.summary() + "\n")

@@ -97,6 +97,10 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
     resolve_sampler(sample)  # an unknown solver fails before anything is trained
     check_options_act(args, d)
     conditional = data.num_classes is not None
+    objective = getattr(args, "objective", None) or "auto"
+    if objective == "likelihood" and args.loss not in ("auto", "dsm_likelihood"):
+        raise CLIError(f"--objective likelihood trains with --loss dsm_likelihood; got "
+                       f"--loss {args.loss}.")  # fmt: skip
     held = data.held_out if transform is None else transform.forward(data.held_out)
     if args.label_dropout is not None and not conditional:
         raise CLIError("--label-dropout needs --label-column (a conditional model).")
@@ -118,8 +122,10 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
         "network": {"net": net, "width": int(d["net_width"]),
                     "depth": int(d["net_depth"]), "param": args.param,
                     "sigma_data": round(max(float(np.std(held)), 1e-3), 4)},  # fmt: skip
-        "loss": _loss_name(args.loss, args.param),
-        **_flow_flags(args, _loss_name(args.loss, args.param)),
+        "loss": _loss_name(args.loss, args.param, objective),
+        **_flow_flags(args, _loss_name(args.loss, args.param, objective)),
+        "objective": objective,
+        "dequantize": dequantize_half_width(data, args),
         "label_dropout": (DEFAULT_LABEL_DROPOUT if args.label_dropout is None
                           else args.label_dropout) if conditional else None,  # fmt: skip
         "dtype": str(jnp.zeros(()).dtype),
@@ -144,9 +150,12 @@ def check_options_act(args: argparse.Namespace, d: dict[str, Any]) -> None:
         )
 
 
-def _loss_name(loss: str, param: str) -> str:
+def _loss_name(loss: str, param: str, objective: str = "auto") -> str:
     """`--loss auto`: EDM's weighting for the EDM parametrisation (its unit-weight
-    loss on the raw network), sigma^2 otherwise."""
+    loss on the raw network), sigma^2 otherwise; `--objective likelihood`: the
+    likelihood weighting (with importance-sampled times, see `Loss`)."""
+    if objective == "likelihood":
+        return "dsm_likelihood"
     if loss != "auto":
         return loss
     return {"edm": "dsm_edm", "velocity": "cfm"}.get(param, "dsm")
@@ -160,6 +169,16 @@ def _flow_flags(args: argparse.Namespace, loss: str) -> dict[str, Any]:
                        f"data and noise; the loss here is {loss}).")  # fmt: skip
     return {"coupling": coupling or "independent",
             "times": getattr(args, "times", None) or "uniform"}
+
+
+def dequantize_half_width(data: RunData, args: Any = None) -> float | None:
+    """Half the width of a quantisation bin of the data in $[-1, 1]$,
+    $h = 1/(L - 1)$ for $L$ levels (the digits' 17, 8-bit images' 256), or `None`
+    for continuous data or `--no-dequantize`: quantised data are trained on
+    uniformly dequantised values, the density `sdegen likelihood` evaluates."""
+    if data.levels is None or getattr(args, "no_dequantize", False):
+        return None
+    return 1.0 / (data.levels - 1)
 
 
 def hparams(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -216,32 +235,65 @@ class Loss:
     cfm: bool = False
     coupling: str = "independent"
     times: str = "uniform"
+    importance: bool = False
+    dequantize: str | None = None
+    """JSON `{"transform", "half_width"}`: each batch (in the model's space) is mapped
+    back to the data, given fresh uniform noise within its quantisation bin
+    ± h and mapped forward again (training on dequantised data)."""
 
     @classmethod
     def of(cls, cfg: dict[str, Any], sde: Any) -> "Loss":
+        import json
+
         import sdegen as sg
 
         weighting: Any = {"dsm": "sigma2", "dsm_likelihood": "likelihood"}.get(
             cfg["loss"])
         if cfg["loss"] == "dsm_edm":
             weighting = sg.EDMWeighting(float(cfg["network"]["sigma_data"]))
+        half = cfg.get("dequantize")
+        deq = None if not half else json.dumps({"transform": cfg.get("transform"),
+                                                "half_width": half})  # fmt: skip
         return cls(sde, weighting, float(cfg.get("label_dropout") or 0.0),
                    cfg["data"].get("num_classes"), cfg["loss"] == "cfm",
-                   cfg.get("coupling", "independent"),
-                   cfg.get("times", "uniform"))  # fmt: skip
+                   cfg.get("coupling", "independent"), cfg.get("times", "uniform"),
+                   cfg.get("objective") == "likelihood", deq)  # fmt: skip
+
+    def _dequantized(self, x, key):
+        import json
+
+        import jax.random as jr
+
+        import sdegen as sg
+
+        d = json.loads(self.dequantize)
+        t = None if d["transform"] is None else sg.data.transform_from_dict(d["transform"])
+        h = float(d["half_width"])
+        y = x if t is None else t.inverse(x)
+        y = y + jr.uniform(key, y.shape, y.dtype, -h, h)
+        return y if t is None else t.forward(y)
 
     def __call__(self, model, batch, key):
         import jax.numpy as jnp
+        import jax.random as jr
 
         import sdegen as sg
 
         x, labels = split_batch(batch)
+        x = jnp.asarray(x)
+        if self.dequantize is not None:
+            key, sub = jr.split(key)
+            x = self._dequantized(x, sub)
         kw: dict[str, Any] = {}
         if labels is not None:
             kw.update(labels=jnp.asarray(labels), label_dropout=self.p_drop,
                       null_label=self.null)  # fmt: skip
         if self.cfm:
-            return sg.cfm_loss(model, self.sde, jnp.asarray(x), key,
-                               coupling=self.coupling, times=self.times, **kw)  # fmt: skip
-        return sg.dsm_loss(model, self.sde, jnp.asarray(x), key,
-                           weighting=self.weighting, times=self.times, **kw)  # fmt: skip
+            return sg.cfm_loss(model, self.sde, x, key, coupling=self.coupling,
+                               times=self.times, **kw)  # fmt: skip
+        if self.importance:
+            kw["importance_sampling"] = True
+        else:
+            kw["times"] = self.times
+        return sg.dsm_loss(model, self.sde, x, key, weighting=self.weighting,
+                           **kw)  # fmt: skip

@@ -184,7 +184,11 @@ def fit_transform(kind: str, data: RunData):
 
     - `logit` ([`sdegen.data.LogitTransform`][] with $\alpha = 0.05$ on $[-1, 1]$,
       then centred by the mean example and scaled to unit std): images, whose
-      samples then stay within $(-1.11, 1.11)$ whatever the model;
+      samples then stay within $(-1.11, 1.11)$ whatever the model. For quantised
+      data ($L$ levels) the logit's range is the dequantised one,
+      $[-1 - h, 1 + h]$ with $h = 1/(L-1)$, so that every dequantisation bin, the
+      blank pixels' included, maps to a bounded interval with a bounded log-det
+      (on $[-1, 1]$ the bin of $-1$ would reach $p \to 0$ of the logit);
     - `pixel` / `mean`: [`sdegen.data.standardize`][] centred by the mean example /
       the mean value;
     - `auto`: `logit` for images, `none` for vectors.
@@ -210,7 +214,8 @@ def fit_transform(kind: str, data: RunData):
     else:
         x = np.asarray(train[0] if isinstance(train, tuple) else train)[:2000]
     if kind == "logit":
-        logit = sg.data.LogitTransform(-1.0, 1.0, alpha=0.05)
+        h = 0.0 if data.levels is None else 1.0 / (data.levels - 1)
+        logit = sg.data.LogitTransform(-1.0 - h, 1.0 + h, alpha=0.05)
         scale = sg.data.standardize(logit.forward(x), center="pixel")
         return sg.data.ChainTransform((logit, scale))
     return sg.data.standardize(x, center=kind)
@@ -244,3 +249,37 @@ class _Composed:
 
     def __call__(self, key, n):
         return self.forward(self.sampler(key, n))
+
+
+# ---------------------------------------------------------------- reference data
+
+
+def reference_pool(data: RunData, label: int | None = None,
+                   max_examples: int = 20_000) -> tuple[np.ndarray, str]:  # fmt: skip
+    """All the real examples a verdict can use (the held-out set and the training
+    set, as FID's reference holds the training data), at most `max_examples`; with
+    `label`, only that class's. Returns the examples and a description."""
+    import jax.random as jr
+
+    import sdegen as sg
+
+    train, labels = data.train, None
+    if hasattr(train, "select"):  # a datasets.Dataset: the first rows
+        n = min(len(train), max_examples)
+        x, labels = sg.data.to_arrays(train.select(range(n)))
+    elif callable(train):  # a toy sampler: fresh draws
+        x = np.asarray(train(jr.key(30_000), max(0, max_examples - len(data.held_out))))
+    elif isinstance(train, tuple):
+        x, labels = np.asarray(train[0]), np.asarray(train[1])
+    else:
+        x = np.asarray(train)
+    pool = np.concatenate([np.asarray(data.held_out), x[:max_examples]])
+    what = f"{len(pool)} real examples of {data.name}"
+    if label is None:
+        return pool, what
+    if data.held_out_labels is None or labels is None:
+        raise CLIError("--label: the data set's labels are not available to score a "
+                       "conditional sample against its class.")  # fmt: skip
+    keep = np.concatenate([np.asarray(data.held_out_labels), labels[:max_examples]])
+    pool = pool[keep == label]
+    return pool, f"the {len(pool)} real examples of class {label} of {data.name}"

@@ -1,9 +1,10 @@
 """What a command writes and prints about samples: metrics against held-out data,
 figures, `.npy` arrays, and a one-line summary.
 
-The metrics are [`sdegen.metrics.sample_report`][] (Fréchet distance with its
-data-vs-data floor, sample mean and std against the data's, the fraction of values
-outside the data's range), plus, for 2-D data, MMD and sliced
+The metrics are [`sdegen.metrics.sample_report`][] (sample mean and std against the
+data's, the fraction of values outside the data's range), the verdict of
+[`sdegen.metrics.verdict`][] against all the real examples (Fréchet ratio with its
+interval, kernel distance; a conditional sample against its class), plus, for 2-D data, MMD and sliced
 Wasserstein distances with their data-vs-data floor, and for the digits the verdict of
 an independent classifier (scikit-learn's logistic regression on the real digits).
 """
@@ -37,17 +38,26 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def sample_metrics(samples: np.ndarray, held_out: np.ndarray, *, kind: str,
-                   dataset: str, labels: Any = None,
-                   seed: int = 0) -> dict[str, Any]:  # fmt: skip
+                   dataset: str, labels: Any = None, seed: int = 0,
+                   reference: tuple[np.ndarray, str] | None = None,
+                   features: Any = None) -> dict[str, Any]:  # fmt: skip
     """Metrics of `samples` against `held_out` data (see the module docstring);
     `labels` (an int or one per sample) are the classes the samples were drawn
-    for."""
+    for. With `reference` (examples and a description, see
+    `_data.reference_pool`), the Fréchet numbers are those of
+    [`sdegen.metrics.verdict`][] against it (on `features`, default: PCA-16 fitted on
+    it for data of more than 16 entries), with its interval, kernel distance and
+    verdict."""
     samples = np.asarray(samples)
     out: dict[str, Any] = {"num_samples": int(samples.shape[0]),
                            "samples_finite": bool(np.all(np.isfinite(samples)))}  # fmt: skip
     if len(held_out) >= 4:
         report = sg.metrics.sample_report(samples, held_out, key=jr.key(seed))
         out.update(_jsonable(dict(report)))
+    flat = samples.reshape(len(samples), -1)
+    ok = samples[np.all(np.isfinite(flat), axis=1)]
+    if reference is not None and len(reference[0]) >= 6 and len(ok) >= 2:
+        out.update(verdict_of(ok, *reference, features=features, seed=seed))
     if not out["samples_finite"]:
         return out
     if kind == "vector" and samples.ndim == 2:
@@ -66,6 +76,26 @@ def sample_metrics(samples: np.ndarray, held_out: np.ndarray, *, kind: str,
     elif dataset == "digits":
         out.update(digit_scores(samples, labels))
     return out
+
+
+def verdict_of(samples: np.ndarray, pool: np.ndarray, what: str, *,
+               features: Any = None, seed: int = 0,
+               target: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """[`sdegen.metrics.verdict`][] of `samples` against the real examples `pool`
+    (described by `what`), on `features` (default: PCA-16 fitted on `pool` for data
+    of more than 16 entries, else the raw coordinates)."""
+    pool = np.asarray(pool)
+    if features is None and np.prod(pool.shape[1:]) > 16:
+        flat = pool.reshape(len(pool), -1)
+        features = sg.metrics.PCAFeatures.fit(flat, min(16, *flat.shape))
+    v = sg.metrics.verdict(samples, pool, key=jr.key(seed + 1),
+                           features="raw" if features is None else features,
+                           target=target)  # fmt: skip
+    if features is not None:
+        v["features"] = f"pca{features.components.shape[1]}" if hasattr(
+            features, "components") else type(features).__name__  # fmt: skip
+    v["reference"] = what
+    return v
 
 
 def digit_scores(samples: np.ndarray, labels: Any = None) -> dict[str, Any]:
@@ -127,7 +157,7 @@ def write_samples(png: Path, samples: np.ndarray, held_out: np.ndarray, kind: st
 
 SUMMARY_KEYS = ("steps", "final_loss", "eval_loss", "train_wall_time_s",
                 "steady_steps_per_s", "wall_time_s", "frechet_distance",
-                "frechet_floor", "frechet_ratio", "mmd", "mmd_data_vs_data",
+                "frechet_floor", "frechet_ratio", "kid", "mmd", "mmd_data_vs_data",
                 "sliced_wasserstein", "mean", "data_mean", "std", "data_std",
                 "frac_outside_range", "frac_nonfinite", "classifier_confidence",
                 "fraction_confident_0.9", "label_accuracy")  # fmt: skip
@@ -139,7 +169,10 @@ def summary(m: dict[str, Any]) -> str:
              for k in SUMMARY_KEYS if m.get(k) is not None]  # fmt: skip
     if m.get("samples_finite") is False:
         parts.append("samples NOT finite")
-    return ", ".join(parts)
+    line = ", ".join(parts)
+    if m.get("verdict"):
+        line += f"\nverdict against {m['reference']}: {m['verdict']}"
+    return line
 
 
 def say(message: str) -> None:

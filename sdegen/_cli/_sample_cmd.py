@@ -12,7 +12,7 @@ import numpy as np
 import sdegen as sg
 
 from .._runs._checkpoint import atomic_write_json
-from ._data import load_data
+from ._data import load_data, reference_pool
 from ._devices import num_devices
 from ._errors import CLIError
 from ._report import sample_metrics, say, summary, write_samples
@@ -65,8 +65,17 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
         "num_devices": num_devices(mesh),
     }
     if data is not None:
+        # scored against all the real examples, a conditional sample against its
+        # class's (on the features of all of them)
+        pool = reference_pool(data)
+        feats = None
+        if args.label is not None and np.prod(data.shape) > 16:
+            flat = pool[0].reshape(len(pool[0]), -1)
+            feats = sg.metrics.PCAFeatures.fit(flat, min(16, *flat.shape))
+            pool = reference_pool(data, args.label)
         result.update(sample_metrics(samples, data.held_out, kind=data.kind,
-                                     dataset=data.name, labels=args.label))  # fmt: skip
+                                     dataset=data.name, labels=args.label,
+                                     reference=pool, features=feats))  # fmt: skip
     if sg.is_main_process():
         title = spec.describe()
         if args.label is not None:

@@ -23,6 +23,7 @@ from ._data import (
     data_spec,
     fit_transform,
     load_data,
+    reference_pool,
     training_source,
 )
 from ._devices import num_devices
@@ -185,7 +186,7 @@ def cmd_train(args: argparse.Namespace, *, demo: bool = False) -> dict[str, Any]
     t_sample = time.perf_counter() - t0
     tail = np.asarray(state.losses)[-max(1, len(state.losses) // 10) :]
     metrics = sample_metrics(samples, data.held_out, kind=data.kind, dataset=data.name,
-                             labels=labels)  # fmt: skip
+                             labels=labels, reference=reference_pool(data))  # fmt: skip
     result = {
         "dataset": data.name,
         "steps": int(state.step),

@@ -1,20 +1,5 @@
-r"""Distances between sample sets, and an honest report on the samples of a trained
-model.
-
-- [`sdegen.metrics.frechet_distance`][]: the Fréchet distance between Gaussians fitted
-  to two sample sets, on features (raw coordinates, PCA features, any map);
-- [`sdegen.metrics.sample_report`][]: that distance against its data-vs-data floor at
-  the same sample count, the samples' mean and std against the data's, and the
-  fraction of values outside the data's range;
-- [`sdegen.metrics.mmd`][]: the (biased, V-statistic) squared maximum mean discrepancy
-  with a sum of Gaussian kernels over several bandwidths;
-- [`sdegen.metrics.sliced_wasserstein`][]: the sliced 2-Wasserstein distance, exact in
-  1-D along random directions;
-- [`sdegen.metrics.component_fractions`][]: how many samples fall in each mixture
-  component (by highest responsibility), to check mixture weights.
-
-May import: `_core`, `data`.
-"""
+"""Distances between sample sets: MMD, sliced Wasserstein, component fractions, the
+Fréchet distance on features, and the sample report."""
 
 from collections.abc import Callable
 from typing import Any
@@ -26,8 +11,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._core._checks import error_if_not_finite
-from ._core._custom_types import KeyArray, Scalar
+from .._core._checks import error_if_not_finite
+from .._core._custom_types import KeyArray, Scalar
 
 
 def _check_pair(x, y):
@@ -193,7 +178,7 @@ def digit_features(num_components: int = 16) -> PCAFeatures:
     r"""Features for 8×8 digit images: [`sdegen.metrics.PCAFeatures`][] fitted on all
     1797 of scikit-learn's embedded digits scaled to $[-1, 1]$
     ([`sdegen.data.load_digits`][]), so they are the same on every machine."""
-    from .data import load_digits
+    from ..data import load_digits
 
     x, _ = load_digits(dtype=np.float64)
     return PCAFeatures.fit(np.asarray(x), num_components)
