@@ -260,14 +260,10 @@ class ScoreDrift(eqx.Module):
         if not self._guard():
             return plain()
 
-        def limit():
-            fn = self.score.uncounted if isinstance(self.score, EvalCounter) else (
-                self.score)  # fmt: skip
-            one = jnp.ones_like(t)
-            s_val, s_dot = jax.jvp(lambda tt: call_score(fn, tt, x, args), (t,), (one,))
+        def limit():  # alpha = 0: x = sigma eps_hat, and D the exact limit
             a, sig, da, ds = rates(self.sde, t)
-            d = (2 * sig * ds * s_val + sig**2 * s_dot) / da
-            return (da * d - ds * sig * s_val).astype(jnp.result_type(x))
+            out = da * self._limit_d(t, x, args) + ds * x / sig
+            return out.astype(jnp.result_type(x))
 
         return lax.cond(self.sde._alpha(t) == 0, limit, plain)
 
@@ -285,12 +281,13 @@ class ScoreDrift(eqx.Module):
         return out if self.time == "t" else -out
 
 
-ScoreDrift.__init__.__doc__ = """**Arguments:**
+ScoreDrift.__init__.__doc__ = r"""**Arguments:**
 
 - `sde`: the forward [`sdegen.AbstractSDE`][].
 - `score`: `score(t, x)` for one example (called as `score(t, x, **args)` when diffrax
   `args` is a dict, `score(t, x, args)` for other non-`None` args).
-- `weight`: 1 for the reverse SDE, 0.5 for the probability-flow ODE.
+- `weight`: 1 for the reverse SDE, 0.5 for the probability-flow ODE, $(1 + \eta^2)/2$
+  for the member $\eta$ of the family (see [`sdegen.reverse_terms`][]).
 - `time`: `"t"`, `"T-u"` or `"-u"`, how the integration time maps to the SDE's time.
 """
 
