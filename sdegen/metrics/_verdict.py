@@ -33,7 +33,7 @@ class _Kids:
         m = c.sum()
         return float((c @ k @ c - c @ np.diag(k)) / (m * (m - 1)))
 
-    def split(self, a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+    def split(self, a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, float]:
         """The reference `a`'s within-set term, the samples' mean kernel to `a` (one
         per sample), and `KID(fy[b], fy[a])`."""
         ca = np.bincount(a, minlength=len(self.kyy)).astype(np.float64)
