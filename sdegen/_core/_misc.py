@@ -26,9 +26,15 @@ def shape_dtype(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
 
+try:  # JAX's own test of a jit trace in progress (private; without it: any tracer)
+    from jax._src.core import unsafe_am_i_under_a_jit as _under_jit
+except ImportError:  # pragma: no cover
+    _under_jit = None
+
+
 def jit_when_eager(fn: Callable) -> Callable:
-    """`fn` compiled as one program (`eqx.filter_jit`) when called eagerly, and `fn`
-    itself when any argument is traced (under an outer `jit`, `vmap` or `grad`): a
+    """`fn` compiled as one program (`eqx.filter_jit`) when called eagerly or under an
+    eager `vmap`, and `fn` itself when an argument is traced under an outer `jit`: a
     nested `jit` would only add a sub-program to trace, batch and lower there, the
     first call's cost, for nothing the outer program does not already give."""
     jitted = eqx.filter_jit(fn)
@@ -36,7 +42,9 @@ def jit_when_eager(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         leaves = jax.tree_util.tree_leaves((args, kwargs))
-        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        if any(isinstance(x, jax.core.Tracer) for x in leaves) and (
+            _under_jit is None or _under_jit()
+        ):
             return fn(*args, **kwargs)
         return jitted(*args, **kwargs)
 
