@@ -101,7 +101,12 @@ def test_gpu_benchmark_runs_small_on_cpu():
         import bench_gpu
     finally:
         sys.path.pop(0)
-    text, data = bench_gpu.run(small=True)
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)  # as a benchmark run (float32 default)
+    try:
+        text, data = bench_gpu.run(small=True)
+    finally:
+        jax.config.update("jax_enable_x64", x64)
     assert "images/s" in text and "bits/dim" in text
     rates = [*data["train_images_per_s"].values(), data["sample_images_per_s"]]
     assert all(r > 0 for r in rates)
