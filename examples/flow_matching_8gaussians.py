@@ -6,8 +6,10 @@ path [`sdegen.RectifiedFlow`][] with [`sdegen.cfm_loss`][] twice: with independe
 pairs of data and noise, and with `coupling="ot"` (the exact optimal assignment of each
 batch, Tong et al. 2023). Then samples both with [`sdegen.sample_ode`][] and Euler steps
 from $t = T$ (pure noise) to $t \approx 0$, and prints the sliced Wasserstein distance of
-the samples to fresh data next to the data-vs-data floor: the OT-trained flow is
-straighter, so it reaches the floor with fewer steps.
+the samples to fresh data next to the data-vs-data floor. The OT-trained flow is
+straighter: measured at 1500 steps (notes of issue 22), its sliced W2 is at its plateau
+(0.30-0.37) after one Euler step, where the independent coupling's is 2.5 and needs
+4-8 steps to get there.
 
 Writes `flow_matching_8gaussians.png` (samples of both models at 1, 2, 4 and 16 Euler
 steps).
