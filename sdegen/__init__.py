@@ -218,6 +218,8 @@ if TYPE_CHECKING:  # public names imported on first use: one import line per nam
         mixture_posterior as mixture_posterior,
     )
 
+del TYPE_CHECKING  # not a public name
+
 
 def __getattr__(name: str):
     from ._core._lazy import load

@@ -96,17 +96,16 @@ def test_first_call_compiles_one_program():
 
 @pytest.mark.slow
 def test_gpu_benchmark_runs_small_on_cpu():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.pop(0)
-    x64 = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)  # as a benchmark run (float32 default)
-    try:
-        text, data = bench_gpu.run(small=True)
-    finally:
-        jax.config.update("jax_enable_x64", x64)
+    # In a fresh process as a benchmark run is (float32, JAX's default): switching x64
+    # off inside this process would meet arrays cached as float64.
+    out = json.loads(_fresh(
+        "import json, sys; sys.path.insert(0, 'benchmarks')\n"
+        "import jax; jax.config.update('jax_enable_x64', False)\n"
+        "import bench_gpu\n"
+        "text, data = bench_gpu.run(small=True)\n"
+        "print(json.dumps({'text': text, 'data': data}, default=float))\n"
+    ))
+    text, data = out["text"], out["data"]
     assert "images/s" in text and "bits/dim" in text
     rates = [*data["train_images_per_s"].values(), data["sample_images_per_s"]]
     assert all(r > 0 for r in rates)

@@ -80,10 +80,9 @@ def test_advise_reports_intervals_and_when_nothing_was_measured(gaussian_data):
     assert by[("euler", 2)]["frechet_ratio"] > by[("dpmpp_2m", 20)]["frechet_ratio"]
     rec = adv.recommended
     assert rec is not None and rec["frechet_ratio"] <= 1.5 and "Recommended" in adv.summary()
-    none = sg.advise(jr.key(0), sde, gmm.score(sde), data, solvers=["heun"], nfes=[1],
-                     num_samples=20)  # fmt: skip
-    assert none.rows == [] and none.recommended is None
-    assert "Nothing was measured" in none.summary()
+    with pytest.raises(ValueError, match="Nothing was measured"):
+        sg.advise(jr.key(0), sde, gmm.score(sde), data, solvers=["heun"], nfes=[1],
+                  num_samples=20)  # fmt: skip
 
 
 def test_baselines_uniform_histogram_gaussian():
