@@ -59,6 +59,8 @@ def test_flow_flag_errors_name_the_flag(capsys, tmp_path):
     _error(capsys, [*base, "--times", "logitnormal"], "--times", "invalid choice")
     _error(capsys, [*base, "--sde", "straight"], "--sde", "invalid choice")
     _error(capsys, [*base, "--param", "v"], "--param", "invalid choice")
+    _error(capsys, [*base, "--objective", "likelihood", "--times", "logit_normal"],
+           "--times logit_normal", "--objective likelihood")  # fmt: skip
 
 
 def test_tiny_flow_run_trains_samples_likelihood_export(tmp_path, capsys):

@@ -101,6 +101,9 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
     if objective == "likelihood" and args.loss not in ("auto", "dsm_likelihood"):
         raise CLIError(f"--objective likelihood trains with --loss dsm_likelihood; got "
                        f"--loss {args.loss}.")  # fmt: skip
+    if objective == "likelihood" and getattr(args, "times", None) not in (None, "importance"):
+        raise CLIError(f"--objective likelihood draws its times by importance sampling; "
+                       f"--times {args.times} would have no effect (drop it).")  # fmt: skip
     held = data.held_out if transform is None else transform.forward(data.held_out)
     if args.label_dropout is not None and not conditional:
         raise CLIError("--label-dropout needs --label-column (a conditional model).")
