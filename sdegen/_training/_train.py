@@ -189,7 +189,8 @@ def make_step(
                     "`step=` (the number of steps done) to the training step."
                 )
             step = 0
-        s = jnp.asarray(step, jnp.int32)
+        # A NumPy scalar is cheaper to pass than a new `jax.Array` (same program).
+        s = np.int32(step) if isinstance(step, int) else jnp.asarray(step, jnp.int32)
         leaves, treedef = jax.tree_util.tree_flatten((model, ema_model, opt_state))
         arrays, static = _split_leaves(leaves)
         fn = None if arrays is None else _compiled_step(loss_fn, optimizer, ema,
