@@ -217,6 +217,13 @@ def test_make_step_accepts_the_model_as_its_own_ema():
     ema = eqx.tree_at(lambda t: t.net.layer_out.weight, _copy(MODEL),
                       m.net.layer_out.weight)  # fmt: skip
     assert _bits(step(m, ema, init(m), BATCH, jr.key(1))) == _bits(ref)
+    # ... also a distinct array object on the same buffer (which `id` cannot see)
+    m = _copy(MODEL)
+    w = m.net.layer_out.weight
+    twin = jax.make_array_from_single_device_arrays(w.shape, w.sharding, [w])
+    assert twin is not w and twin.unsafe_buffer_pointer() == w.unsafe_buffer_pointer()
+    ema = eqx.tree_at(lambda t: t.net.layer_out.weight, _copy(MODEL), twin)
+    assert _bits(step(m, ema, init(m), BATCH, jr.key(1))) == _bits(ref)
     w0 = np.asarray(MODEL.net.layer_out.weight)
     w1 = np.asarray(same[0].net.layer_out.weight)
     e1 = np.asarray(same[1].net.layer_out.weight)
