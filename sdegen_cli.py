@@ -34,7 +34,7 @@ from pathlib import Path
 BUILTIN_DATASETS = ("digits", "8gaussians", "moons", "swiss_roll", "checkerboard",
                     "rings")  # fmt: skip
 SDES = ("vp", "subvp", "ve", "rectified", "cosine")
-NETS = ("auto", "mlp", "unet")
+NETS = ("auto", "mlp", "unet", "plain")
 PARAMS = ("noise", "score", "edm", "velocity")
 LOSSES = ("auto", "dsm", "dsm_edm", "dsm_likelihood", "cfm")
 COUPLINGS = ("independent", "ot", "sb")
@@ -175,9 +175,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--net", choices=NETS, default="auto",
                    help="network (default auto: an MLP on vectors and on images of at "
                         "most 256 values such as the 8x8 digits, a U-Net on larger "
-                        "images)")  # fmt: skip
+                        "images; plain: sdegen.nn.PlainMLP, ReLU on [x, t - 1/2, "
+                        "cos 2 pi t], not label-conditional)")  # fmt: skip
     g.add_argument("--net-width", type=positive_int, default=None,
-                   help="MLP width / U-Net base channels")
+                   help="MLP (or plain MLP) width / U-Net base channels")
     g.add_argument("--net-depth", type=positive_int, default=None,
                    help="MLP hidden layers / U-Net levels")
     g.add_argument("--param", choices=PARAMS, default="edm",

@@ -44,6 +44,7 @@ NETWORKS = [
     ((1, 4, 4), {"net": "mlp", "width": 8, "depth": 1, "param": "score"}, 3),
     ((3, 4, 4), {"net": "unet", "width": 8, "depth": 2, "param": "edm",
                  "sigma_data": 0.4}, 2),
+    ((1, 4, 4), {"net": "plain", "width": 8, "depth": 2, "param": "noise"}, None),
 ]  # fmt: skip
 
 
@@ -70,10 +71,11 @@ def test_export_load_round_trip(tmp_path, shape, network, num_classes):
                     jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # equal weights in equal structures: the same function (checked once, with a
-    # label, on the small MLP; an eager U-Net call is slow to trace)
-    if network["net"] == "mlp" and num_classes is not None:
-        x = jnp.full(shape, 0.3)
-        np.testing.assert_allclose(loaded(0.5, x, label=1), model(0.5, x, label=1),
+    # label, on the small MLP, and on the plain MLP of images; an eager U-Net call
+    # is slow to trace)
+    if network["net"] == "plain" or (network["net"] == "mlp" and num_classes):
+        x, kw = jnp.full(shape, 0.3), {"label": 1} if num_classes else {}
+        np.testing.assert_allclose(loaded(0.5, x, **kw), model(0.5, x, **kw),
                                    rtol=1e-12)  # fmt: skip
     assert eqx.tree_equal(eqx.filter(loaded, eqx.is_array, inverse=True),
                           eqx.filter(model, eqx.is_array, inverse=True))  # fmt: skip
@@ -143,6 +145,8 @@ def test_export_and_load_errors(tmp_path):
                         network={"net": "unet"})  # fmt: skip
     with pytest.raises(ValueError, match=r"`network\['param'\]` must be one of"):
         sg.build_model(sde, (2,), {"param": "eps"}, key=jr.key(0))
+    with pytest.raises(ValueError, match="'plain' .* is not label-conditional"):
+        sg.build_model(sde, (2,), {"net": "plain"}, num_classes=3, key=jr.key(0))
     # a plain checkpoint is not an exported model
     sg.save_checkpoint(tmp_path / "plain.ckpt", model)
     with pytest.raises(sg.CheckpointError, match="not an exported model"):

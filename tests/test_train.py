@@ -217,11 +217,58 @@ def test_make_step_accepts_the_model_as_its_own_ema():
     ema = eqx.tree_at(lambda t: t.net.layer_out.weight, _copy(MODEL),
                       m.net.layer_out.weight)  # fmt: skip
     assert _bits(step(m, ema, init(m), BATCH, jr.key(1))) == _bits(ref)
+    # ... also a distinct array object on the same buffer (which `id` cannot see)
+    m = _copy(MODEL)
+    w = m.net.layer_out.weight
+    twin = jax.make_array_from_single_device_arrays(w.shape, w.sharding, [w])
+    assert twin is not w and twin.unsafe_buffer_pointer() == w.unsafe_buffer_pointer()
+    ema = eqx.tree_at(lambda t: t.net.layer_out.weight, _copy(MODEL), twin)
+    assert _bits(step(m, ema, init(m), BATCH, jr.key(1))) == _bits(ref)
     w0 = np.asarray(MODEL.net.layer_out.weight)
     w1 = np.asarray(same[0].net.layer_out.weight)
     e1 = np.asarray(same[1].net.layer_out.weight)
     assert np.max(np.abs(w1 - w0)) > 1e-4
     np.testing.assert_allclose(e1, 0.9 * w0 + 0.1 * w1, rtol=1e-12, atol=1e-15)
+
+
+def _filter_jit_steps(model, opt, ema, n):
+    # The step as `make_step` ran it before its `jax.jit` fast path, and still runs
+    # it inside an outer transformation: the module's `equinox.filter_jit` step.
+    from sdegen._training._train import _step
+
+    m, e = _copy(model), _copy(model)
+    o = opt.init(eqx.filter(m, eqx.is_inexact_array))
+    for i in range(n):
+        m, e, o, _ = _step((BATCH, jr.key(i), jnp.asarray(i, jnp.int32)), m, e, o,
+                           loss_fn, opt, ema)  # fmt: skip
+    return m, e, o
+
+
+def _make_step_steps(step, model, opt, n):
+    m, e = _copy(model), _copy(model)
+    o = opt.init(eqx.filter(m, eqx.is_inexact_array))
+    for i in range(n):
+        m, e, o, _ = step(m, e, o, BATCH, jr.key(i), step=i)
+    return m, e, o
+
+
+def test_make_step_fast_path_equals_the_filter_jit_step():
+    # `make_step`'s cached `jax.jit` gives the model, EMA and optimiser state of the
+    # `equinox.filter_jit` step bit for bit, step after step; a model whose static
+    # part differs (another activation, the same array shapes) compiles its own step.
+    from sdegen._training._train import _cached_compiled_step
+
+    opt, ema = sg.make_optimizer(CONST), sg.WarmupEMA(0.99)
+    step = sg.make_step(loss_fn, opt, ema)
+    plain = {a: sg.nn.NoiseParam(sg.nn.PlainMLP(2, 16, 2, key=jr.key(1), activation=a),
+                                 SDE) for a in (jax.nn.relu, jnp.tanh)}  # fmt: skip
+    first = _cached_compiled_step.cache_info().misses
+    for model in (MODEL, *plain.values()):
+        ref = _filter_jit_steps(model, opt, ema, 3)
+        assert _bits(_make_step_steps(step, model, opt, 3)) == _bits(ref)
+    assert _cached_compiled_step.cache_info().misses == first + 3  # one per structure
+    relu, tanh = (_make_step_steps(step, m, opt, 1)[0] for m in plain.values())
+    assert _bits(relu) != _bits(tanh)
 
 
 # ---------------------------------------------------------------- train: resume, logs

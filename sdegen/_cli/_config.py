@@ -84,6 +84,9 @@ def run_config(args: argparse.Namespace, data: RunData, transform: Any, *,
             f"--net unet needs images (C, H, W), but the data set has shape "
             f"{data.shape}; use --net mlp."
         )
+    if net == "plain" and data.num_classes is not None:
+        raise CLIError("--net plain (sdegen.nn.PlainMLP) is not label-conditional; "
+                       "use --net mlp with --label-column.")  # fmt: skip
     if net == "unet" and not args.quick:
         d["net_width"] = args.net_width or 16
         d["net_depth"] = args.net_depth or 2

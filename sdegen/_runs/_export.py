@@ -35,7 +35,7 @@ from ._checkpoint import (
 
 
 MODEL_FORMAT = 1
-NETS = ("mlp", "unet")
+NETS = ("mlp", "unet", "plain")
 PARAMS = ("noise", "score", "edm", "velocity")
 
 
@@ -112,7 +112,8 @@ class _Flattened(eqx.Module):
     shape: tuple[int, ...] = eqx.field(static=True)
 
     def __call__(self, t, x, *, label=None, key=None):
-        y = self.net(t, jnp.reshape(x, (-1,)), label=label, key=key)
+        kwargs = {} if label is None else {"label": label}  # PlainMLP takes none
+        y = self.net(t, jnp.reshape(x, (-1,)), key=key, **kwargs)
         return jnp.reshape(y, self.shape)
 
 
@@ -149,12 +150,14 @@ def check_network(network: dict[str, Any], shape: tuple[int, ...]) -> dict[str, 
 
 def build_model(sde: Any, shape: tuple[int, ...], network: dict[str, Any], *,
                 num_classes: int | None = None, key: Any) -> eqx.Module:  # fmt: skip
-    r"""A score model from its description: an [`sdegen.nn.MLP`][] (on the flattened
-    example) or an [`sdegen.nn.UNet`][] wrapped in a parametrisation
+    r"""A score model from its description: an [`sdegen.nn.MLP`][] or a
+    [`sdegen.nn.PlainMLP`][] (on the flattened example) or an [`sdegen.nn.UNet`][]
+    wrapped in a parametrisation
     ([`sdegen.nn.NoiseParam`][], [`sdegen.nn.ScoreParam`][],
     [`sdegen.nn.VelocityParam`][] or [`sdegen.nn.EDMPreconditioner`][]), label-conditional when `num_classes` is set.
 
-    `network` holds `net` (`"mlp"` or `"unet"`), `width` (MLP width / U-Net base
+    `network` holds `net` (`"mlp"`, `"plain"` or `"unet"`; `"plain"` is not
+    label-conditional), `width` (MLP width / U-Net base
     channels), `depth` (MLP hidden layers / U-Net levels, fewer when the image size
     does not halve that often), `param` (`"noise"`, `"score"`, `"edm"` or `"velocity"`) and
     `sigma_data` (EDM's $\sigma_\text{data}$).
@@ -164,8 +167,15 @@ def build_model(sde: Any, shape: tuple[int, ...], network: dict[str, Any], *,
     shape = tuple(int(s) for s in shape)
     net_cfg = check_network(network, shape)
     width, depth = int(net_cfg["width"]), int(net_cfg["depth"])
-    if net_cfg["net"] == "mlp":
-        net = nn.MLP(math.prod(shape), width, depth, key=key, num_classes=num_classes)
+    if net_cfg["net"] == "plain" and num_classes is not None:
+        raise ValueError("network['net'] = 'plain' (sdegen.nn.PlainMLP) is not "
+                         "label-conditional; use net='mlp' with `num_classes`.")  # fmt: skip
+    if net_cfg["net"] in ("mlp", "plain"):
+        if net_cfg["net"] == "plain":
+            net = nn.PlainMLP(math.prod(shape), width, depth, key=key)
+        else:
+            net = nn.MLP(math.prod(shape), width, depth, key=key,
+                         num_classes=num_classes)  # fmt: skip
         if len(shape) != 1:
             net = _Flattened(net, shape)
     else:

@@ -167,7 +167,10 @@ def make_step(
       returned unchanged).
 
     **Returns:** `step(model, ema_model, opt_state, batch, key, step=None) -> (model,
-    ema_model, opt_state, loss)`, calling an `equinox.filter_jit` function. `step` is
+    ema_model, opt_state, loss)`. It calls a `jax.jit` step compiled once per
+    structure of (`model`, `ema_model`, `opt_state`): the tree and its non-array
+    leaves (a new structure, e.g. another activation, compiles anew; inside an outer
+    transformation it calls an `equinox.filter_jit` step instead). `step` is
     the number of steps done before this one (an int or an integer array), which a
     scheduled EMA needs. The buffers of the input `model`, `ema_model` and
     `opt_state` are donated (reused for the outputs, which halves the memory on
@@ -186,12 +189,82 @@ def make_step(
                     "`step=` (the number of steps done) to the training step."
                 )
             step = 0
-        model, ema_model, opt_state = _unalias((model, ema_model, opt_state))
-        out = _step((batch, key, jnp.asarray(step, jnp.int32)), model, ema_model,
-                    opt_state, loss_fn, optimizer, ema)  # fmt: skip
-        return out[0], out[1], out[2], out[3]["loss"]
+        # A NumPy scalar is cheaper to pass than a new `jax.Array` (same program).
+        s = np.int32(step) if isinstance(step, int) else jnp.asarray(step, jnp.int32)
+        leaves, treedef = jax.tree_util.tree_flatten((model, ema_model, opt_state))
+        arrays, static = _split_leaves(leaves)
+        fn = None if arrays is None else _compiled_step(loss_fn, optimizer, ema,
+                                                        treedef, static)  # fmt: skip
+        if fn is None:  # traced (inside an outer transform) or unhashable: the old path
+            model, ema_model, opt_state = _unalias((model, ema_model, opt_state))
+            out = _step((batch, key, s), model, ema_model, opt_state, loss_fn,
+                        optimizer, ema)  # fmt: skip
+            return out[0], out[1], out[2], out[3]["loss"]
+        if len(set(map(id, arrays))) < len(arrays):  # an array passed twice
+            arrays = _unalias(arrays)
+        try:
+            out, out_static, loss = fn(arrays, batch, key, s)
+        except jax.errors.JaxRuntimeError as e:
+            # Two distinct array objects on one buffer (rare: `id` cannot see it).
+            if "donate the same buffer twice" not in str(e):
+                raise
+            out, out_static, loss = fn(_unalias(arrays), batch, key, s)
+        out_def, out_leaves = out_static.value
+        it = iter(out)
+        leaves = [next(it) if x is _ARRAY else x for x in out_leaves]
+        model, ema_model, opt_state = jax.tree_util.tree_unflatten(out_def, leaves)
+        return model, ema_model, opt_state, loss
 
     return step
+
+
+# The step of `make_step` without `equinox.filter_jit`'s per-call partition and
+# hashing of every argument: the leaves of (model, EMA, optimiser state) are split
+# once per call into arrays (donated to a `jax.jit`) and the rest, which with the
+# tree structure keys a cache of jitted steps (a new structure compiles a new step).
+_ARRAY = object()  # the place of an array leaf in the key of a compiled step
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)  # those of `equinox.is_array`
+
+
+def _split_leaves(leaves: list, traced: bool = False) -> tuple[tuple | None, tuple]:
+    """`(arrays, static)`: the array leaves, and the leaves with `_ARRAY` in place
+    of each array; `arrays` is None if one is a tracer (unless `traced`)."""
+    arrays, static = [], []
+    for x in leaves:
+        if isinstance(x, _ARRAY_TYPES):
+            if not traced and isinstance(x, jax.core.Tracer):
+                return None, ()
+            arrays.append(x)
+            static.append(_ARRAY)
+        else:
+            static.append(x)
+    return tuple(arrays), tuple(static)
+
+
+class _Static(eqx.Module):
+    value: Any = eqx.field(static=True)
+
+
+def _compiled_step(loss_fn, optimizer, ema, treedef, static) -> Callable | None:
+    try:
+        return _cached_compiled_step(loss_fn, optimizer, ema, treedef, static)
+    except TypeError:  # an unhashable loss, optimiser or static leaf
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_compiled_step(loss_fn, optimizer, ema, treedef, static) -> Callable:
+    def f(arrays, batch, key, s):
+        it = iter(arrays)
+        leaves = [next(it) if x is _ARRAY else x for x in static]
+        model, ema_model, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
+        *out, stats = _step_maths(batch, key, s, model, ema_model, opt_state, loss_fn,
+                                  optimizer, ema)  # fmt: skip
+        out_leaves, out_def = jax.tree_util.tree_flatten(tuple(out))
+        out_arrays, out_static = _split_leaves(out_leaves, traced=True)
+        return out_arrays, _Static((out_def, out_static)), stats["loss"]
+
+    return jax.jit(f, donate_argnums=0)
 
 
 def _step_maths(batch, key, s, model, ema_model, opt_state, loss_fn, optimizer, ema):
