@@ -123,3 +123,12 @@ def test_dequantised_training_batches_stay_in_their_bins():
     ld = np.asarray(logit.log_det_jacobian(ends, 1))
     assert np.all(np.isfinite(ld)) and np.ptp(ld) < 2.0
     assert hash(loss) == hash(Loss.of(cfg, sg.VPSDE()))
+
+
+def test_verdict_uses_at_most_max_data_examples():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(90, 3))
+    v = sg.metrics.verdict(x, y, key=jr.key(0), num_splits=4, num_boot=4, max_data=45)
+    assert v["frechet_n"] == 15 and v["frechet_n"] + v["frechet_reference"] == 45
+    with pytest.raises(ValueError, match="max_data"):
+        sg.metrics.verdict(x, y, key=jr.key(0), max_data=5)

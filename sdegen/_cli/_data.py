@@ -255,10 +255,12 @@ class _Composed:
 
 
 def reference_pool(data: RunData, label: int | None = None,
-                   max_examples: int = 20_000) -> tuple[np.ndarray, str]:  # fmt: skip
+                   max_examples: int = 3000) -> tuple[np.ndarray, str]:  # fmt: skip
     """All the real examples a verdict can use (the held-out set and the training
-    set, as FID's reference holds the training data), at most `max_examples`; with
-    `label`, only that class's. Returns the examples and a description."""
+    set, as FID's reference holds the training data), at most `max_examples` (the
+    verdict's kernel matrices grow as their square; see `sdegen.metrics.verdict`'s
+    `max_data`); with `label`, only that class's. Returns the examples and a
+    description."""
     import jax.random as jr
 
     import sdegen as sg

@@ -69,6 +69,7 @@ def verdict(
     num_boot: int = 50,
     target: float | None = None,
     level: float = 0.95,
+    max_data: int = 3000,
 ) -> dict[str, Any]:
     r"""Are `samples` as good as real data? The split protocol, with an interval.
 
@@ -110,6 +111,10 @@ def verdict(
     - `num_splits`, `num_boot`: splits, and bootstrap resamples of the samples.
     - `target`: a Fréchet ratio to judge against, or `None`.
     - `level`: the interval's coverage.
+    - `max_data`: at most this many examples of `data` are used (a random subset of
+      them when there are more; the features are fitted on all of them): the kernel
+      distance's matrices grow as $N^2$, and 3000 examples keep the reference large
+      against the $m \le N/3$ of a split.
 
     **Returns:** a dict of JSON-serialisable values: `frechet_distance`,
     `frechet_floor`, `frechet_ratio`, `frechet_ratio_ci` `[lo, hi]`, `frechet_n`
@@ -132,6 +137,9 @@ def verdict(
         raise ValueError(
             f"`num_splits` and `num_boot` must be positive, got {num_splits}, {num_boot}."
         )
+    if int(max_data) < 6:
+        raise ValueError(f"`max_data` must be at least 6, got {max_data!r}.")
+    max_data = int(max_data)
     if not 0 < level < 1:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
     flat = y.reshape(len(y), -1)
@@ -146,8 +154,10 @@ def verdict(
     else:
         feat, name = features, getattr(features, "name", type(features).__name__)
     fx, fy = _features(x, feat, "samples"), _features(y, feat, "data")
-    m = min(len(fx), len(fy) // 3)
     rng = np.random.default_rng(_seed(key))
+    if len(fy) > max_data:  # the kernel matrices grow as N^2: a random subset
+        fy = fy[rng.choice(len(fy), max_data, replace=False)]
+    m = min(len(fx), len(fy) // 3)
     kids = _Kids(fx, fy)
     refs, dist, floor, k_s, k_b = [], [], [], [], []
     for i in range(num_splits):
