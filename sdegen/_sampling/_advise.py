@@ -79,9 +79,6 @@ class Advice:
 
     def summary(self) -> str:
         against = f" (against {self.reference})" if self.reference else ""
-        if not self.rows:
-            return ("Nothing was measured: no solver had a budget of at least one "
-                    "step; give larger NFE budgets.")  # fmt: skip
         if self.recommended is None:
             return (f"No sampler reached a Fréchet ratio of {self.target}x the "
                     f"data-vs-data floor{against}; try more NFE or train "

@@ -194,6 +194,22 @@ def _flat(x: Any, name: str) -> np.ndarray:
     return a.reshape(a.shape[0], -1)
 
 
+def resolve_features(features: Any, flat: np.ndarray) -> tuple[Callable | None, str]:
+    """`(feature map or None for the raw coordinates, its name)` of a `features`
+    argument: `"auto"` (raw up to 16 entries, else PCA-16 fitted on the flattened data
+    `flat`), `"raw"`, `"pca"`, or a callable map of a batch to `(n, k)`."""
+    if not isinstance(features, str):
+        return features, getattr(features, "name", type(features).__name__)
+    if features not in ("auto", "raw", "pca"):
+        raise ValueError(
+            f"`features` must be 'auto', 'raw', 'pca' or a callable, got {features!r}."
+        )
+    if features == "raw" or (features == "auto" and flat.shape[1] <= 16):
+        return None, "raw"
+    feat = PCAFeatures.fit(flat, min(16, *flat.shape))
+    return feat, f"pca{feat.components.shape[1]}"
+
+
 def _features(x: Any, features: Callable | None, name: str) -> np.ndarray:
     f = _flat(x, name) if features is None else np.asarray(features(x), np.float64)
     if f.ndim != 2:
@@ -328,17 +344,8 @@ def sample_report(
     m = min(len(ok), len(y) // 2)
     if m < 2:
         return out
-    if isinstance(features, str):
-        if features not in ("auto", "raw", "pca"):
-            raise ValueError(
-                f"`features` must be 'auto', 'raw', 'pca' or a callable, got {features!r}."
-            )
-        use_pca = features == "pca" or (features == "auto" and yf.shape[1] > 16)
-        feat = PCAFeatures.fit(yf, min(16, *yf.shape)) if use_pca else None
-        out["features"] = f"pca{feat.components.shape[1]}" if use_pca else "raw"
-    else:
-        feat, use_pca = features, False
-        out["features"] = type(features).__name__
+    feat, out["features"] = resolve_features(features, yf)
+    use_pca = isinstance(features, str) and feat is not None  # also the raw distance
     rng = np.random.default_rng(_seed(key))
     dist, floor, raw, raw_floor = [], [], [], []
     for _ in range(num_splits):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._distances import PCAFeatures, _features, _seed, gaussian_frechet_distance
+from ._distances import _features, _seed, gaussian_frechet_distance, resolve_features
 from ._kid import _poly
 
 
@@ -143,16 +143,7 @@ def verdict(
     if not 0 < level < 1:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
     flat = y.reshape(len(y), -1)
-    if isinstance(features, str):
-        if features not in ("auto", "raw", "pca"):
-            raise ValueError(
-                f"`features` must be 'auto', 'raw', 'pca' or a callable, got {features!r}."
-            )
-        pca = features == "pca" or (features == "auto" and flat.shape[1] > 16)
-        feat = PCAFeatures.fit(flat, min(16, *flat.shape)) if pca else None
-        name = f"pca{feat.components.shape[1]}" if pca else "raw"
-    else:
-        feat, name = features, getattr(features, "name", type(features).__name__)
+    feat, name = resolve_features(features, flat)
     fx, fy = _features(x, feat, "samples"), _features(y, feat, "data")
     rng = np.random.default_rng(_seed(key))
     if len(fy) > max_data:  # the kernel matrices grow as N^2: a random subset
