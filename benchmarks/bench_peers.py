@@ -43,7 +43,8 @@ D, WIDTH, SEED = 64, 256, 0
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA, RHO, STEPS = 0.002, 80.0, 0.5, 7.0, 20
 SAMPLERS = ("dpmpp_2m", "euler", "heun")
 BATCHES = (64, 1024)
-FRAMEWORKS = ("sdegen", "k-diffusion", "diffusers")
+FRAMEWORKS = ("sdegen", "jax-hand", "k-diffusion", "diffusers")
+PEERS = ("k-diffusion", "diffusers")
 
 
 def available() -> bool:
@@ -109,6 +110,83 @@ def _sdegen_runner():
         return lambda: np.asarray(fn(x0).block_until_ready())
 
     return make
+
+
+def _jax_hand_runner():
+    """The floor of XLA itself: the three samplers written by hand in a `lax.scan`
+    (k-diffusion's update formulas, in σ) on the same denoiser, vmapped as sdegen's."""
+    import jax
+    import jax.numpy as jnp
+
+    W = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights()]
+    sig = jnp.asarray(karras(), jnp.float32)
+
+    def denoiser(x, sigma):  # as in _sdegen_runner
+        s2 = sigma**2 + SIGMA_DATA**2
+        h = jnp.concatenate([x / jnp.sqrt(s2), 0.25 * jnp.log(sigma)[None]])
+        for i, (w, b) in enumerate(W):
+            h = w @ h + b
+            h = jax.nn.silu(h) if i < len(W) - 1 else h
+        return (SIGMA_DATA**2 / s2) * x + (sigma * SIGMA_DATA / jnp.sqrt(s2)) * h
+
+    def one(sampler, x):
+        def body(carry, i):
+            x, old = carry
+            s0, s1 = sig[i], sig[i + 1]
+            den = denoiser(x, s0)
+            if sampler == "euler":
+                return (x + (x - den) / s0 * (s1 - s0), old), None
+            if sampler == "heun":
+                d = (x - den) / s0
+                x2 = x + d * (s1 - s0)
+                d2 = (x2 - denoiser(x2, s1)) / s1
+                return (x + 0.5 * (d + d2) * (s1 - s0), old), None
+            h = jnp.log(s0) - jnp.log(s1)  # DPM-Solver++(2M), t = -log σ
+            h_last = jnp.log(sig[jnp.maximum(i - 1, 0)]) - jnp.log(s0)
+            r = h_last / h
+            d = jnp.where(i > 0, (1 + 0.5 / r) * den - (0.5 / r) * old, den)
+            return ((s1 / s0) * x - jnp.expm1(-h) * d, den), None
+
+        return jax.lax.scan(body, (x, jnp.zeros_like(x)), jnp.arange(STEPS))[0][0]
+
+    def make(sampler, batch):
+        fn = jax.jit(jax.vmap(lambda x0: one(sampler, x0)))
+        x0 = jnp.asarray(x_init(batch))
+        return lambda: np.asarray(fn(x0).block_until_ready())
+
+    return make
+
+
+def gemm_floor(framework: str, batch: int, reps: int = 7) -> float:
+    """Seconds for one (batch x 256) @ (256 x 256) product, the bulk of a denoiser call,
+    in JAX (XLA's CPU GEMM) or torch (its BLAS): 50 in a row, median of `reps`."""
+    a = np.random.default_rng(0).normal(size=(batch, WIDTH)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=(WIDTH, WIDTH)).astype(np.float32) / 16
+    if framework in ("sdegen", "jax-hand"):
+        import jax
+        import jax.numpy as jnp
+
+        A, B = jnp.asarray(a), jnp.asarray(b)
+        f = jax.jit(lambda x: jax.lax.fori_loop(0, 50, lambda i, y: jnp.tanh(y @ B), x))
+        run = lambda: f(A).block_until_ready()  # noqa: E731
+    else:
+        import torch
+
+        A, B = torch.from_numpy(a), torch.from_numpy(b)
+
+        def run():
+            y = A
+            for _ in range(50):
+                y = torch.tanh(y @ B)
+            return y
+
+    run()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) / 50)
+    return statistics.median(times)
 
 
 def _torch_mlp():
@@ -215,8 +293,8 @@ def _diffusers_runner():
     return make
 
 
-RUNNERS = {"sdegen": _sdegen_runner, "k-diffusion": _kdiffusion_runner,
-           "diffusers": _diffusers_runner}  # fmt: skip
+RUNNERS = {"sdegen": _sdegen_runner, "jax-hand": _jax_hand_runner,
+           "k-diffusion": _kdiffusion_runner, "diffusers": _diffusers_runner}  # fmt: skip
 
 
 def _child(framework: str, reps: int, out_dir: str) -> None:
@@ -241,6 +319,8 @@ def _child(framework: str, reps: int, out_dir: str) -> None:
                 "first": first,
                 "median": statistics.median(times),
             }
+    for batch in BATCHES:
+        res[f"gemm/{batch}"] = gemm_floor(framework, batch)
     print(json.dumps(res))
 
 
@@ -279,29 +359,49 @@ def run(rounds: int = 3, reps: int = 7) -> tuple[str, dict]:
             ours = outs[f"sdegen_{sampler}_{batch}"]
             diff = {f: float(np.max(np.abs(outs[f"{f}_{sampler}_{batch}"] - ours)))
                     for f in med if f != "sdegen"}  # fmt: skip
-            peers = {f: v for f, v in med.items() if f != "sdegen"}
+            peers = {f: v for f, v in med.items() if f in PEERS}
             best = min(peers, key=peers.get)
             ratio = med["sdegen"] / peers[best]
+            # round by round (each round's processes ran one after another)
+            per_round = [r_s[cell]["median"] / min(raw[f][k][cell]["median"] for f in peers)
+                         for k, r_s in enumerate(raw["sdegen"])]  # fmt: skip
+            vs_hand = med["sdegen"] / med["jax-hand"]
             scale = float(np.max(np.abs(ours)))
-            rows.append([sampler, batch, 1e3 * med["sdegen"],
-                         *(1e3 * med[f] if f in med else "—" for f in FRAMEWORKS[1:]),
-                         f"{ratio:.2f} ({best})",
+            rows.append([sampler, batch, *(f"{1e3 * med[f]:.1f}" if f in med else "—"
+                                           for f in FRAMEWORKS),
+                         f"{ratio:.2f} ({best}; {min(per_round):.2f}–{max(per_round):.2f})",
+                         f"{vs_hand:.2f}",
                          " / ".join(f"{diff[f]:.1e}" if f in diff else "—"
                                     for f in FRAMEWORKS[1:]),
                          " / ".join(f"{1e3 * first[f]:.0f}" if f in first else "—"
                                     for f in FRAMEWORKS)])  # fmt: skip
             data["cells"][cell] = {"median_s": med, "first_s": first, "max_abs_diff": diff,
                                    "ratio_to_fastest_peer": ratio, "fastest_peer": best,
+                                   "ratio_per_round": per_round,
+                                   "ratio_to_hand_written_jax": vs_hand,
                                    "output_scale": scale}  # fmt: skip
-    text = table(["sampler", "batch", "sdegen ms", "k-diffusion ms", "diffusers ms",
-                  "sdegen / fastest peer", "max abs diff to sdegen (k-diff / diffusers)",
-                  "first call ms (sdegen / k-diff / diffusers)"], rows)  # fmt: skip
+    text = table(["sampler", "batch", "sdegen ms", "hand-written JAX ms", "k-diffusion ms",
+                  "diffusers ms", "sdegen / fastest peer (range over rounds)",
+                  "sdegen / hand-written JAX",
+                  "max abs diff to sdegen (JAX / k-diff / diffusers)",
+                  "first call ms (sdegen / JAX / k-diff / diffusers)"], rows)  # fmt: skip
+    gemm = {b: {f: statistics.median(r[f"gemm/{b}"] for r in raw[f]) for f in FRAMEWORKS}
+            for b in BATCHES}  # fmt: skip
+    data["gemm_s"] = gemm
+    text += "\n\nThe GEMM underneath: one ({b} x {w}) @ ({w} x {w}) product and tanh, ".format(
+        b="batch", w=WIDTH) + "; ".join(
+        f"batch {b}: XLA {1e6 * gemm[b]['sdegen']:.0f} µs, torch "
+        f"{1e6 * min(gemm[b][f] for f in PEERS):.0f} µs "
+        f"(XLA / torch {gemm[b]['sdegen'] / min(gemm[b][f] for f in PEERS):.2f})"
+        for b in BATCHES) + "."  # fmt: skip
     text += (f"\n\nd = {D}, MLP {WIDTH}x2, EDM σ parametrisation, Karras grid of {STEPS} "
              "steps (σ 80 → 0.002), float32; torch on CPU with 2 threads. Medians over "
              f"{rounds} fresh processes per framework (interleaved, one at a time) of "
              f"the median of {reps} calls each. Samples have entries up to about "
              f"{max(c['output_scale'] for c in data['cells'].values()):.2g}; sdegen's "
-             "Heun is its `edm` sampler; diffusers has no EDM Heun scheduler (—).")  # fmt: skip
+             "Heun is its `edm` sampler; diffusers has no EDM Heun scheduler (—). "
+             "\"Hand-written JAX\" is the same update written in a `lax.scan` (the floor "
+             "of XLA for this problem).")  # fmt: skip
     return text, data
 
 

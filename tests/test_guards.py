@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -124,6 +125,37 @@ def test_traced_examples_of_the_issue():
     with pytest.raises(Exception, match="`ts` must be strictly decreasing"):
         jax.block_until_ready(f(UP))
     assert np.all(np.isfinite(f(UP[::-1])))
+
+
+def test_a_made_grid_that_is_invalid_under_jit_is_an_error_of_the_solve():
+    """A grid the sampler makes under `jit` is checked by the engine (no check of its
+    own): float32 cannot space 50 Karras points for this SDE, which is an error eagerly
+    and under `jit` that names the grid, and `RESULTS.invalid_grid` with throw=False."""
+    sde = sg.VPSDE(beta_min=1e-6, beta_max=1e7)
+    kw = dict(num_steps=50, grid="karras", eps=1e-5, x_init=jnp.ones(2, jnp.float32))
+    with pytest.raises(ValueError, match="not a valid time grid"):
+        sg.time_grid(sde, 50, "karras", eps=1e-5, dtype=jnp.float32)
+    f = jax.jit(lambda k: sg.sample_ode(k, sde, SCORE, (2,), "euler", **kw))
+    with pytest.raises(Exception, match="its time grid is not finite and strictly"):
+        jax.block_until_ready(f(KEY))
+    g = jax.jit(lambda k: sg.sample_ode(k, sde, SCORE, (2,), "euler", throw=False,
+                                        return_stats=True, **kw))  # fmt: skip
+    assert g(KEY)[1].result == sg.RESULTS.invalid_grid
+    with pytest.raises(ValueError, match="not a valid time grid"):
+        sg.sample_ode(KEY, sde, SCORE, (2,), "euler", **kw)
+
+
+def test_fixed_solve_reports_an_invalid_grid():
+    """The engine's own check, for any grid it is given (NaN, not monotone)."""
+    term = diffrax.ODETerm(lambda t, y, args: -y)
+    for ts in ([1.0, jnp.nan, 0.0], [1.0, 0.2, 0.5, 0.0], [0.0, 0.5, 0.5, 1.0]):
+        ts = jnp.asarray(ts)
+        for run in (lambda ts: sg.fixed_solve(term, diffrax.Euler(), ts, jnp.ones(2)),
+                    jax.jit(lambda ts: sg.fixed_solve(term, diffrax.Euler(), ts,
+                                                      jnp.ones(2)))):  # fmt: skip
+            assert run(ts)[2].result == sg.RESULTS.invalid_grid
+    _, _, st = sg.fixed_solve(term, diffrax.Euler(), jnp.asarray([0.0, 0.5, 1.0]), jnp.ones(2))
+    assert st.result == sg.RESULTS.successful
 
 
 @pytest.mark.parametrize("cls", [sg.VPSDE, sg.SubVPSDE])

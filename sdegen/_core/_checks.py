@@ -290,7 +290,8 @@ _HIGH_DECADE = 5
 
 @functools.lru_cache(maxsize=256)
 def _failure_messages(where: str, input_name: str) -> tuple[str, ...]:
-    """Message 0: a non-finite input; 1: the step limit; then one per time bucket."""
+    """Message 0: a non-finite input; 1: the step limit; 2: an invalid time grid; then
+    one per time bucket."""
     n = (_HIGH_DECADE - _LOW_DECADE) * _BUCKETS_PER_DECADE
     times = ["0"] + [
         f"{10 ** (_LOW_DECADE + k / _BUCKETS_PER_DECADE):.3g}" for k in range(n + 1)
@@ -300,6 +301,9 @@ def _failure_messages(where: str, input_name: str) -> tuple[str, ...]:
         f"{where}: the adaptive solve failed: the maximum number of solver steps was "
         "reached. Increase `max_steps`, loosen rtol/atol, or pass throw=False and read "
         "stats.result.",
+        f"{where}: its time grid is not finite and strictly decreasing: λ(t) = "
+        "log(α/σ) or its inverse is not representable in the floating dtype there; use "
+        "`grid='uniform'`, fewer `num_steps`, a larger `eps`, or enable float64.",
     )
     return head + tuple(
         f"{where}: the state became non-finite (NaN or inf) at t ≈ {t}: the score or "
@@ -317,15 +321,18 @@ def _time_bucket(t: jax.Array) -> jax.Array:
     return jnp.where(t < 10.0**_LOW_DECADE, 0, k)
 
 
-def failure_index(nonfinite: Any, t: Any, step_limit: Any, bad_input: Any) -> tuple[Any, Any]:
+def failure_index(nonfinite: Any, t: Any, step_limit: Any, bad_input: Any,
+                  bad_grid: Any = False) -> tuple[Any, Any]:  # fmt: skip
     """`(failed, index)`: whether anything failed, and the message of the failure
-    (see `_failure_messages`): a non-finite input, the solve becoming non-finite at
-    time `t` (bucketed to three digits), or the step limit."""
-    nonfinite, step_limit, bad_input = (jnp.asarray(v) for v in
-                                        (nonfinite, step_limit, bad_input))  # fmt: skip
-    bucket = 2 + _time_bucket(jnp.where(nonfinite, t, 0.0))
-    index = jnp.where(bad_input, 0, jnp.where(nonfinite, bucket, 1))
-    failed = bad_input | nonfinite | step_limit
+    (see `_failure_messages`), first of: a non-finite input, an invalid time grid,
+    the solve becoming non-finite at time `t` (bucketed to three digits), the step
+    limit."""
+    nonfinite, step_limit, bad_input, bad_grid = (
+        jnp.asarray(v) for v in (nonfinite, step_limit, bad_input, bad_grid))  # fmt: skip
+    bucket = 3 + _time_bucket(jnp.where(nonfinite, t, 0.0))
+    index = jnp.where(bad_input, 0, jnp.where(bad_grid, 2,
+                                              jnp.where(nonfinite, bucket, 1)))  # fmt: skip
+    failed = bad_input | bad_grid | nonfinite | step_limit
     return jnp.any(failed), jnp.max(jnp.where(failed, index, 0))
 
 

@@ -41,6 +41,9 @@ def jit_when_eager(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if _under_jit is not None and _under_jit():
+            # staged into the outer program (also with concrete arguments only)
+            return fn(*args, **kwargs)
         leaves = jax.tree_util.tree_leaves((args, kwargs))
         if any(isinstance(x, jax.core.Tracer) for x in leaves) and (
             _under_jit is None or _under_jit()

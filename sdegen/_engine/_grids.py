@@ -98,6 +98,10 @@ def time_grid(
     **Raises:** `ValueError` for an unknown `kind` (listing the known ones), `eps`
     outside $(0, T)$ or a non-positive `num_steps`.
     """
+    return _time_grid(sde, num_steps, kind, eps, rho, dtype, staged_check=True)
+
+
+def _time_grid(sde, num_steps, kind, eps, rho, dtype, *, staged_check):
     check_sde(sde)
     num_steps = check_int("num_steps", num_steps)
     eps = check_eps(sde, eps)
@@ -106,12 +110,14 @@ def time_grid(
     dtype = default_float() if dtype is None else dtype
     extra = (float(rho),) if row.name == "karras" else ()
     ts = _make_grid(row.make(), sde, num_steps, eps, dtype, *extra)
-    return _check_made_grid(ts, row.name, sde)
+    return _check_made_grid(ts, row.name, sde, staged_check)
 
 
-def _check_made_grid(ts: Array, kind: str, sde: AbstractSDE) -> Array:
+def _check_made_grid(ts: Array, kind: str, sde: AbstractSDE, staged_check: bool) -> Array:
     """A grid sdegen made must be finite and strictly decreasing; if not, say it is
-    the grid's fault (not the score's), and where."""
+    the grid's fault (not the score's), and where. A traced grid is checked by a
+    staged check, or (`staged_check=False`, the samplers) by the engine, which
+    reports `RESULTS.invalid_grid` through the solve's one error check."""
     what = (f"`grid` {kind!r} of {type(sde).__name__} (T={sde.T}) is not a valid "
             "time grid")  # fmt: skip
     hint = ("λ(t) = log(α/σ) or its inverse is not representable in "
@@ -129,6 +135,8 @@ def _check_made_grid(ts: Array, kind: str, sde: AbstractSDE) -> Array:
                 f"{a[k + 1]}; {hint})."
             )
         return ts
+    if not staged_check:
+        return ts
     ok = jnp.all(jnp.isfinite(ts)) & jnp.all(jnp.diff(ts) < 0)
     return staged(ts, ~ok, f"{what}: NaN, inf or not strictly decreasing ({hint}).")
 
@@ -140,12 +148,15 @@ def _make_grid(make, sde, num_steps, eps, dtype, *extra):
 
 
 def resolve_grid(sde: AbstractSDE, *, num_steps: Any, grid: str, ts: Any, eps: Any,
-                 dtype: Any) -> Array:  # fmt: skip
+                 dtype: Any, checked: bool = False) -> Array:  # fmt: skip
     r"""The decreasing grid of a fixed-step sampler: `ts` validated when given, else
     [`sdegen.time_grid`][]`(sde, num_steps, grid, eps=eps)`: one compiled program when
     called eagerly, and part of the caller's program under `jit` (no sub-program of
-    its own compiled at trace time: the first call's cost)."""
+    its own compiled at trace time: the first call's cost). A made grid that is
+    traced is checked by the engine it goes to (`fixed_solve`: one error check for
+    the whole solve), not by a check of its own; `checked=True` stages one (a grid
+    that does not go to `fixed_solve`)."""
     if ts is not None:
         ts = check_grid(sde, ts, decreasing=True)
         return ts.astype(dtype)
-    return time_grid(sde, num_steps, grid, eps=eps, dtype=dtype)
+    return _time_grid(sde, num_steps, grid, eps, 7.0, dtype, staged_check=checked)

@@ -6,7 +6,8 @@ r"""The sampling engine: one fixed-step loop and one adaptive path, for every so
   Every sampler of sdegen — diffrax's solvers on the reverse SDE or the
   probability-flow ODE, DDIM, DPM-Solver, EDM, ancestral sampling, predictor–corrector
   and projected samplers — is a solver run by this loop. It watches the state: the
-  first step that produces NaN or infinity is recorded in the statistics.
+  first step that produces NaN or infinity is recorded in the statistics, and so is
+  a grid that is not finite and strictly monotone (`RESULTS.invalid_grid`).
 - [`adaptive_solve`][]: `diffrax.diffeqsolve` with a PID controller; a solve that
   stalls because the vector field returned NaN is reported as non-finite at the time
   it stalled (instead of as "maximum number of steps reached").
@@ -39,6 +40,10 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore
     nonfinite_state = (
         "The state became non-finite (NaN or inf): the score or model returned NaN or "
         "inf, or the step was too large."
+    )
+    invalid_grid = (
+        "The time grid is not finite and strictly monotone (a grid made from lambda(t) "
+        "= log(alpha/sigma) that the floating dtype cannot represent there)."
     )
 
 
@@ -82,7 +87,9 @@ class SolveStats(_ReprValues):
     - `num_steps`, `num_accepted_steps`, `num_rejected_steps`: as diffrax counts them
       (fixed steps: all accepted).
     - `result`: a [`sdegen.RESULTS`][] code; `RESULTS.successful` when all went well,
-      `RESULTS.nonfinite_state` when the state became NaN or infinite.
+      `RESULTS.nonfinite_state` when the state became NaN or infinite,
+      `RESULTS.invalid_grid` when a fixed-step grid was not finite and strictly
+      monotone (nothing else is then meaningful).
     - `t_failed`: the time at which the solve failed (NaN when it did not), in the
       SDE's time.
     """
@@ -174,6 +181,14 @@ def _all_finite(y: PyTree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def grid_is_valid(ts: Array) -> Array:
+    """Whether the grid is finite and strictly monotone. The engine checks the grids
+    it is given, so a sampler's grid needs no check (and no error branch) of its own
+    under `jit`; a grid made from constants folds to `True` when compiled."""
+    d = jnp.diff(ts)
+    return jnp.all(jnp.isfinite(ts)) & (jnp.all(d > 0) | jnp.all(d < 0))
+
+
 def fixed_solve(
     terms: PyTree[diffrax.AbstractTerm],
     solver: diffrax.AbstractSolver,
@@ -183,6 +198,7 @@ def fixed_solve(
     args: PyTree[Any] = None,
     save_trajectory: bool = False,
     time_of: Callable[[Any], Any] = lambda u: u,
+    valid_grid: Any = None,
 ) -> tuple[PyTree[Array], PyTree[Array] | None, SolveStats]:
     r"""Take one `solver.step` per interval of the grid `ts` inside a `jax.lax.scan`.
 
@@ -201,11 +217,14 @@ def fixed_solve(
     - `args`: passed to the vector fields.
     - `save_trajectory`: also return every state.
     - `time_of`: maps the integration time to the SDE's time, for `stats.t_failed`.
+    - `valid_grid`: whether `ts` is finite and strictly monotone, when the caller has
+      checked it already (else checked here).
 
     **Returns:** `(y1, ys, stats)`: the state at `ts[-1]`; the states at every grid time
     (`y0` first) when `save_trajectory` is set, else `None`; a [`sdegen.SolveStats`][].
     """
     n = ts.shape[0] - 1
+    valid = grid_is_valid(ts) if valid_grid is None else valid_grid
     if _counted_by_tableau(solver):
         n_init, n_step = count_evals(solver, terms, ts[0], ts[1], y0, args)
         run, total = terms, lambda: 0
@@ -234,12 +253,13 @@ def fixed_solve(
     failed = bad >= 0
     t_failed = jnp.where(failed, time_of(ts[jnp.maximum(bad, 0)]), jnp.nan)
     count = jnp.asarray(n, jnp.int32)
+    result = RESULTS.where(failed, RESULTS.nonfinite_state, RESULTS.successful)
     stats = SolveStats(
         nfe=jnp.asarray(n_init + n * n_step, jnp.int32),
         num_steps=count,
         num_accepted_steps=count,
         num_rejected_steps=jnp.zeros((), jnp.int32),
-        result=RESULTS.where(failed, RESULTS.nonfinite_state, RESULTS.successful),
+        result=RESULTS.where(valid, result, RESULTS.invalid_grid),
         t_failed=jnp.asarray(t_failed, ts.dtype),
     )
     return y1, ys, stats

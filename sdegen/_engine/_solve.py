@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import diffrax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 
@@ -35,6 +36,7 @@ from ._integrate import (
     fixed_solve,
     levy_area_for,
     rms_norm,
+    grid_is_valid,
 )
 from ._solvers import on_grid
 from ._solvers._base import check_min_steps
@@ -65,12 +67,18 @@ def _terms(sde, score, x, solver, stochastic, grid_u, key, tree_tol, t_span,
 
 @jit_when_eager
 def _fixed(key, sde, score, x_init, ts, solver, stochastic, args, save, noise_scale=1.0):
+    # The grid is checked here, and then used as an opaque runtime value even where it
+    # is a constant of the program (a grid made under `jit`): XLA would otherwise
+    # compute the steps' coefficients and the Brownian increments with other
+    # rounding than eagerly, and samples must not depend on `jit`.
+    valid = grid_is_valid(ts)
+    ts = lax.optimization_barrier(ts)
     grid = -ts if stochastic else ts
     terms, time_of = _terms(sde, score, x_init, solver, stochastic, grid, key, None, None,
                             noise_scale)  # fmt: skip
     solver = on_grid(solver, ts.shape[0] - 1)
     return fixed_solve(terms, solver, grid, x_init, args=args, save_trajectory=save,
-                       time_of=time_of)  # fmt: skip
+                       time_of=time_of, valid_grid=valid)  # fmt: skip
 
 
 @jit_when_eager
@@ -135,9 +143,9 @@ def solve_reverse(
 
 def finish(x: Any, stats: SolveStats, where: str, throw: bool, *,
            bad_input: Any = False, input_name: str = "x") -> Any:  # fmt: skip
-    """`x`, with one error check (when `throw`): a non-finite input (`bad_input`), a
-    state that became non-finite (naming `where` and the time) or the step limit of
-    an adaptive solve."""
+    """`x`, with one error check (when `throw`): a non-finite input (`bad_input`), an
+    invalid time grid, a state that became non-finite (naming `where` and the time)
+    or the step limit of an adaptive solve."""
     if not throw:
         return x
     failed, index = _failure(stats.result, stats.t_failed, bad_input)
@@ -149,8 +157,9 @@ def _failure(result, t_failed, bad_input):
     # One compiled program: eagerly (or under an eager `vmap`), op-by-op dispatch
     # would compile a dozen one-operation programs for every new shape.
     nonfinite = result == RESULTS.nonfinite_state
-    step_limit = (result != RESULTS.successful) & ~nonfinite
-    return failure_index(nonfinite, t_failed, step_limit, bad_input)
+    bad_grid = result == RESULTS.invalid_grid
+    step_limit = (result != RESULTS.successful) & ~nonfinite & ~bad_grid
+    return failure_index(nonfinite, t_failed, step_limit, bad_input, bad_grid)
 
 
 def tweedie(sde: AbstractSDE, score: Callable, t: Any, x: Any, args: Any = None) -> Any:

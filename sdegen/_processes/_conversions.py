@@ -104,7 +104,17 @@ def limit_denoise(sde: AbstractSDE, score_of_t, t: Scalar, x):
 
 def vanishes_at_T(sde: AbstractSDE) -> bool:
     r"""Whether $\alpha(T) = 0$ (an interpolant that ends in pure noise); `True` when
-    it cannot be told at trace time (then the samplers guard the point $t = T$)."""
+    it cannot be told at trace time (then the samplers guard the point $t = T$).
+
+    The built-in processes give $\alpha(T)$ in Python floats (`_alpha_at_T`); it
+    counts as positive only when it is far above the smallest normal float of JAX's
+    default dtype, so an $\alpha(T)$ that underflows there is guarded too."""
+    try:
+        a = sde._alpha_at_T()
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return True
+    if a is not None:
+        return not a > 1e3 * float(jnp.finfo(jnp.result_type(float)).tiny)
     with jax.ensure_compile_time_eval():
         try:
             return float(sde._alpha(jnp.asarray(float(sde.T)))) == 0.0

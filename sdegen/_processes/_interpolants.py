@@ -46,6 +46,9 @@ class RectifiedFlow(AbstractSDE):
         r"""$\alpha = (T - t)/T$: exactly 0 at $t = T$."""
         return (self.T - t) / self.T
 
+    def _alpha_at_T(self):
+        return 0.0
+
     def _sigma(self, t):
         return t / self.T
 
@@ -93,6 +96,9 @@ class CosineInterpolant(AbstractSDE):
     def _alpha(self, t):
         r"""$\alpha = \sin(\pi(T - t)/2T) = \cos(\pi t/2T)$, exactly 0 at $T$."""
         return jnp.sin(self._rate() * (self.T - t))
+
+    def _alpha_at_T(self):
+        return 0.0
 
     def _sigma(self, t):
         return jnp.sin(self._rate() * t)

@@ -82,6 +82,13 @@ class AbstractSDE(eqx.Module):
     def _lambda(self, t: Scalar) -> Scalar:
         return jnp.log(self._alpha(t)) - jnp.log(self._sigma(t))
 
+    def _alpha_at_T(self) -> float | None:
+        r"""$\alpha(T)$ in Python floats (no XLA program), or `None` where a subclass
+        cannot give it so (then [`vanishes_at_T`] evaluates `_alpha(T)` itself). The
+        samplers ask this while they are traced; a few eager `jnp` operations there
+        would each compile an XLA program of their own on a user's first call."""
+        return None
+
     # ------------------------------------------------ public, checked
 
     def _t(self, t: RealScalarLike) -> Scalar:
@@ -214,6 +221,10 @@ class _AbstractBetaSDE(AbstractSDE):
         r"""$\alpha(t) = \exp(-\tfrac12 B(t))$."""
         return jnp.exp(-0.5 * self._integral(t))
 
+    def _alpha_at_T(self):
+        T, bmin, bmax = float(self.T), float(self.beta_min), float(self.beta_max)
+        return math.exp(-0.5 * (bmin * T + 0.5 * T**2 * (bmax - bmin)))
+
     def _f(self, t):
         r"""$f(t) = -\tfrac12\beta(t)$."""
         return -0.5 * self._beta(t)
@@ -338,6 +349,9 @@ class VESDE(AbstractSDE):
     def _alpha(self, t):
         return jnp.ones_like(t)
 
+    def _alpha_at_T(self):
+        return 1.0
+
     def _sigma(self, t):
         r"""$\sigma(t) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^{t}$."""
         return self.sigma_min * jnp.exp(t * self._rate())
@@ -376,6 +390,9 @@ class EDMSDE(AbstractSDE):
 
     def _alpha(self, t):
         return jnp.ones_like(t)
+
+    def _alpha_at_T(self):
+        return 1.0
 
     def _sigma(self, t):
         return t

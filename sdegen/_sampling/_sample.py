@@ -163,7 +163,8 @@ def sample_sde(
             t_end = jnp.asarray(eps, x_init.dtype)
             if return_trajectory:
                 save_ts = resolve_grid(sde, num_steps=num_steps, grid=grid, ts=None,
-                                       eps=eps, dtype=x_init.dtype)  # fmt: skip
+                                       eps=eps, dtype=x_init.dtype,
+                                       checked=True)  # fmt: skip
         dt0 = (sde.T - t_end) / num_steps
         tol = dt0 / 8 if brownian_tol is None else brownian_tol
         x, traj, stats = solve_reverse(
