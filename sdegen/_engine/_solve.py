@@ -34,9 +34,9 @@ from ._integrate import (
     SolveStats,
     adaptive_solve,
     fixed_solve,
+    grid_is_valid,
     levy_area_for,
     rms_norm,
-    grid_is_valid,
 )
 from ._solvers import on_grid
 from ._solvers._base import check_min_steps
