@@ -97,6 +97,16 @@ def with_sdegen(solver):
 
 
 fn = hand_written(solver) if which == "hand-written" else with_sdegen(solver)
+if len(sys.argv) > 3:  # the phases of the first call, one by one
+    t = [time.perf_counter()]
+    traced = fn.trace(keys); t.append(time.perf_counter())
+    lowered = traced.lower(); t.append(time.perf_counter())
+    compiled = lowered.compile(); t.append(time.perf_counter())
+    compiled(keys).block_until_ready(); t.append(time.perf_counter())
+    import json
+    print(json.dumps({"phases": [b - a for a, b in zip(t, t[1:])],
+                      "eqns": len(traced.jaxpr.eqns)}))
+    sys.exit(0)
 t0, c0 = time.perf_counter(), time.process_time()
 out = fn(keys).block_until_ready()
 first, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -109,9 +119,12 @@ print(json.dumps({"import": t_import, "first": first, "cpu": cpu, "again": again
 """
 
 
-def _child(which: str, solver: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, which, solver],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+def _child(which: str, solver: str, *extra: str, env: dict | None = None) -> dict:
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", CHILD, which, solver, *extra],
+                          capture_output=True, text=True, timeout=600,
+                          env=None if env is None else {**os.environ, **env})  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -181,10 +194,42 @@ def import_delta(repeats: int = 7) -> tuple[str, dict]:
     return text, {"import_s": s, "heavy_imported": bool(any(heavy))}
 
 
+def phases(repeats: int = 3, solvers=("euler", "dpmpp_2m")) -> tuple[str, dict]:
+    """Where the first call goes: `fn.trace`, `.lower()`, `.compile()` and the first
+    run timed one by one (fresh processes, interleaved; medians), and the number of
+    top-level equations of the traced program."""
+    try:
+        from ._common import table
+    except ImportError:
+        from _common import table
+    who_env = {"sdegen": None, "sdegen, EQX_ON_ERROR=off": {"EQX_ON_ERROR": "off"},
+               "hand-written": None}  # fmt: skip
+    raw: dict = {}
+    for _ in range(repeats):
+        for s in solvers:
+            for who, env in who_env.items():
+                r = _child(who.split(",")[0], s, "phases", env=env)
+                raw.setdefault((s, who), []).append(r)
+    rows = []
+    for (s, who), rs in raw.items():
+        med = [statistics.median(r["phases"][k] for r in rs) for k in range(4)]
+        rows.append([f"`{s}`", who, *(f"{v:.3f}" for v in med), rs[0]["eqns"]])
+    text = table(["solver", "who", "trace s", "lower s", "compile s", "first run s",
+                  "top-level equations"], rows)  # fmt: skip
+    text += (f"\n\nPhases of the first call, one by one in fresh processes (median of "
+             f"{repeats}, interleaved). `EQX_ON_ERROR=off` switches off equinox's "
+             "runtime checks, here sdegen's one error check of the solve (a branch with "
+             "host callbacks that the hand-written loop does not have): the difference "
+             "is what that check costs on a first call.")  # fmt: skip
+    return text, {"phases": {f"{s}/{w}": rs for (s, w), rs in raw.items()}}
+
+
 def run_all(repeats: int = 5):
     text, data = run(repeats)
+    ptext, pdata = phases(3)
     itext, idata = import_delta(max(repeats, 5))
-    return text + "\n\n" + itext, {**data, "import": idata}
+    return (text + "\n\n" + ptext + "\n\n" + itext,
+            {**data, **pdata, "import": idata})  # fmt: skip
 
 
 def main(argv=None):
