@@ -158,3 +158,29 @@ def test_edm_sde(getkey):
         jr.split(getkey(), 1000)
     )
     assert float(sg.metrics.mmd(xs, gmm.sample(getkey(), 1000))) < 0.02
+
+
+@pytest.mark.parametrize(
+    "sde",
+    [sg.VPSDE(), sg.SubVPSDE(beta_min=0.5, beta_max=7.0, T=2.0), sg.VESDE(), sg.EDMSDE(),
+     sg.RectifiedFlow(T=2.0), sg.CosineInterpolant(), sg.VPSDE(beta_max=1e4)],
+)  # fmt: skip
+def test_alpha_at_T_in_python_floats_equals_alpha(sde):
+    """The samplers ask whether alpha(T) = 0 while traced, from `_alpha_at_T` in Python
+    floats (no XLA program): it must be the closed form's value."""
+    from sdegen._processes._conversions import vanishes_at_T
+
+    exact = float(sde._alpha(jnp.asarray(float(sde.T))))
+    assert sde._alpha_at_T() == pytest.approx(exact, rel=1e-12, abs=1e-300)
+    assert vanishes_at_T(sde) == (exact < 1e-300)
+
+
+def test_a_subclass_that_redefines_alpha_is_evaluated():
+    """`_alpha_at_T` is trusted only from the class that defines the `_alpha` in use."""
+    from sdegen._processes._conversions import vanishes_at_T
+
+    class Ends(sg.VPSDE):
+        def _alpha(self, t):
+            return jnp.where(t >= self.T, 0.0, super()._alpha(t))
+
+    assert not vanishes_at_T(sg.VPSDE()) and vanishes_at_T(Ends())

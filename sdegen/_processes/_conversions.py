@@ -102,6 +102,10 @@ def limit_denoise(sde: AbstractSDE, score_of_t, t: Scalar, x):
     return ((2 * s * ds * s_val + s**2 * s_dot) / da).astype(x.dtype)
 
 
+def _owner(cls: type, name: str) -> type | None:
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
 def vanishes_at_T(sde: AbstractSDE) -> bool:
     r"""Whether $\alpha(T) = 0$ (an interpolant that ends in pure noise); `True` when
     it cannot be told at trace time (then the samplers guard the point $t = T$).
@@ -109,8 +113,10 @@ def vanishes_at_T(sde: AbstractSDE) -> bool:
     The built-in processes give $\alpha(T)$ in Python floats (`_alpha_at_T`); it
     counts as positive only when it is far above the smallest normal float of JAX's
     default dtype, so an $\alpha(T)$ that underflows there is guarded too."""
-    try:
-        a = sde._alpha_at_T()
+    try:  # trusted only from the class that also defines this `_alpha` (a subclass
+        # that redefines `_alpha` alone is evaluated below)
+        same = _owner(type(sde), "_alpha_at_T") is _owner(type(sde), "_alpha")
+        a = sde._alpha_at_T() if same else None
     except (jax.errors.ConcretizationTypeError, TypeError):
         return True
     if a is not None:
