@@ -13,6 +13,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -313,12 +314,19 @@ def _failure_messages(where: str, input_name: str) -> tuple[str, ...]:
     )
 
 
+# The failure code below is built from `lax` operations only: the jnp functions
+# (`where`, `clip`, `round`, `max`, ...) are small jitted programs of their own, each
+# traced and lowered on its own in a process's first call.
+
+
 def _time_bucket(t: jax.Array) -> jax.Array:
-    t = jnp.abs(jnp.asarray(t, jnp.float32))
-    k = jnp.round((jnp.log10(jnp.maximum(t, 1e-30)) - _LOW_DECADE) * _BUCKETS_PER_DECADE)
+    t = lax.abs(lax.convert_element_type(t, jnp.float32))
+    log10 = lax.log(lax.max(t, np.float32(1e-30))) / np.float32(math.log(10.0))
+    k = lax.round((log10 - _LOW_DECADE) * np.float32(_BUCKETS_PER_DECADE),
+                  lax.RoundingMethod.TO_NEAREST_EVEN)  # fmt: skip
     n = (_HIGH_DECADE - _LOW_DECADE) * _BUCKETS_PER_DECADE
-    k = jnp.clip(k, 0, n).astype(jnp.int32) + 1
-    return jnp.where(t < 10.0**_LOW_DECADE, 0, k)
+    k = lax.convert_element_type(lax.clamp(np.float32(0), k, np.float32(n)), jnp.int32)
+    return lax.select(t < np.float32(10.0**_LOW_DECADE), lax.full_like(k, 0), k + 1)
 
 
 def failure_index(nonfinite: Any, t: Any, step_limit: Any, bad_input: Any,
@@ -327,13 +335,25 @@ def failure_index(nonfinite: Any, t: Any, step_limit: Any, bad_input: Any,
     (see `_failure_messages`), first of: a non-finite input, an invalid time grid,
     the solve becoming non-finite at time `t` (bucketed to three digits), the step
     limit."""
-    nonfinite, step_limit, bad_input, bad_grid = (
-        jnp.asarray(v) for v in (nonfinite, step_limit, bad_input, bad_grid))  # fmt: skip
-    bucket = 3 + _time_bucket(jnp.where(nonfinite, t, 0.0))
-    index = jnp.where(bad_input, 0, jnp.where(bad_grid, 2,
-                                              jnp.where(nonfinite, bucket, 1)))  # fmt: skip
+    t = jnp.asarray(t)
+    flags = [jnp.asarray(v, bool) for v in (nonfinite, step_limit, bad_input, bad_grid)]
+    shape = jnp.broadcast_shapes(t.shape, *(f.shape for f in flags))
+    nonfinite, step_limit, bad_input, bad_grid = (jnp.broadcast_to(f, shape) for f in flags)
+    t = jnp.broadcast_to(t, shape)
+
+    def code(c):
+        return lax.full(shape, c, jnp.int32)
+
+    bucket = 3 + _time_bucket(lax.select(nonfinite, t, lax.full_like(t, 0)))
+    index = lax.select(bad_input, code(0), lax.select(
+        bad_grid, code(2), lax.select(nonfinite, bucket, code(1))))  # fmt: skip
     failed = bad_input | bad_grid | nonfinite | step_limit
-    return jnp.any(failed), jnp.max(jnp.where(failed, index, 0))
+    index = lax.select(failed, index, code(0))
+    if not shape:
+        return failed, index
+    return lax.reduce_or(failed, tuple(range(len(shape)))), lax.reduce_max(
+        index, tuple(range(len(shape)))
+    )
 
 
 def raise_failure(y: Any, failed: Any, index: Any, *, where: str,

@@ -27,6 +27,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
@@ -176,17 +177,24 @@ def _counted_by_tableau(solver: diffrax.AbstractSolver) -> bool:
 # ---------------------------------------------------------------- fixed steps
 
 
+def _all(x: Array) -> Array:
+    # `lax` itself: `jnp.all` is a small jitted program of its own to trace and lower
+    return lax.reduce_and(x, tuple(range(jnp.ndim(x))))
+
+
 def _all_finite(y: PyTree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(y)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    ok = jnp.asarray(True)
+    for x in jtu.tree_leaves(y):
+        ok = ok & _all(lax.is_finite(x))
+    return ok
 
 
 def grid_is_valid(ts: Array) -> Array:
     """Whether the grid is finite and strictly monotone. The engine checks the grids
     it is given, so a sampler's grid needs no check (and no error branch) of its own
     under `jit`; a grid made from constants folds to `True` when compiled."""
-    d = jnp.diff(ts)
-    return jnp.all(jnp.isfinite(ts)) & (jnp.all(d > 0) | jnp.all(d < 0))
+    d = ts[1:] - ts[:-1]
+    return _all(lax.is_finite(ts)) & (_all(d > 0) | _all(d < 0))
 
 
 def fixed_solve(
@@ -240,7 +248,7 @@ def fixed_solve(
         before = total()
         y1, _, _, st, _ = solver.step(run, u0, u1, y, args, st, False)
         calls.append(total() - before)  # the last trace's count
-        bad = jnp.where((bad < 0) & ~_all_finite(y1), i, bad)
+        bad = lax.select((bad < 0) & ~_all_finite(y1), i, bad)
         return (y1, st, bad), (y1 if save_trajectory else None)
 
     steps = jnp.arange(n, dtype=jnp.int32)
@@ -251,7 +259,8 @@ def fixed_solve(
     if save_trajectory:
         ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), y0, ys)
     failed = bad >= 0
-    t_failed = jnp.where(failed, time_of(ts[jnp.maximum(bad, 0)]), jnp.nan)
+    t_at = time_of(lax.dynamic_index_in_dim(ts, lax.max(bad, np.int32(0)), keepdims=False))
+    t_failed = lax.select(failed, t_at, lax.full_like(t_at, jnp.nan))
     count = jnp.asarray(n, jnp.int32)
     result = RESULTS.where(failed, RESULTS.nonfinite_state, RESULTS.successful)
     stats = SolveStats(
