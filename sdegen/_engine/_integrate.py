@@ -259,7 +259,8 @@ def fixed_solve(
     if save_trajectory:
         ys = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), y0, ys)
     failed = bad >= 0
-    t_at = time_of(lax.dynamic_index_in_dim(ts, lax.max(bad, np.int32(0)), keepdims=False))
+    at = lax.dynamic_slice(ts, (lax.max(bad, np.int32(0)),), (1,))
+    t_at = time_of(lax.squeeze(at, (0,)))
     t_failed = lax.select(failed, t_at, lax.full_like(t_at, jnp.nan))
     count = jnp.asarray(n, jnp.int32)
     result = RESULTS.where(failed, RESULTS.nonfinite_state, RESULTS.successful)
