@@ -222,3 +222,33 @@ def test_tiny_cfm_training_reduces_the_loss():
     losses = np.asarray(state.losses)
     assert math.isfinite(losses[-1])
     assert losses[-30:].mean() < 0.6 * losses[:10].mean()
+
+
+def test_ot_pairs_inside_the_compiled_training_loop():
+    """The host assignment (a `jax.pure_callback`) inside `sg.train`'s compiled loop
+    over a chunk of steps sees each step's own batch: every step's pairing is the
+    exact optimum of that step's cost matrix (scipy's, recomputed here), not a
+    stale or reused permutation."""
+    seen = []
+
+    def record(x, y, perm):
+        x, y, perm = map(np.asarray, (x, y, perm))
+        cost = ((x[:, None] - y[None]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        seen.append((cost[np.arange(len(x)), perm].sum(), cost[rows, cols].sum(),
+                     x.copy()))  # fmt: skip
+
+    def loss_fn(m, b, k):
+        z = jr.normal(k, b.shape, b.dtype)
+        perm = ot_pairs(b, z)
+        jax.debug.callback(record, b, z, perm)
+        return jnp.mean((m * (z[perm] - b)) ** 2)
+
+    data = np.asarray(sg.data.eight_gaussians().sample(jr.key(0), 64))
+    cfg = sg.TrainConfig(num_steps=4, batch_size=16, lr=1e-2, warmup=0, log_every=2,
+                         ckpt_every=None, seed=0)  # fmt: skip
+    sg.train(jnp.ones(()), loss_fn, data, cfg, progress=False, ema_loss=False)
+    assert len(seen) == 4
+    for got, best, _ in seen:
+        assert np.isclose(got, best, rtol=1e-6)
+    assert len({x.tobytes() for *_, x in seen}) == 4  # four different batches
