@@ -79,17 +79,12 @@ def x_init(batch: int) -> np.ndarray:
 # ---------------------------------------------------------------- the frameworks
 
 
-def _sdegen_runner():
+def _jax_denoiser():
+    """The EDM denoiser D(x, σ) of one example in JAX, with the shared weights."""
     import jax
     import jax.numpy as jnp
-    import jax.random as jr
-
-    import sdegen as sg
 
     W = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights()]
-    sde = sg.EDMSDE(T=SIGMA_MAX)
-    ts = jnp.asarray(karras(), jnp.float32)
-    names = {"dpmpp_2m": "dpmpp_2m", "euler": "euler", "heun": "edm"}
 
     def denoiser(x, sigma):
         s2 = sigma**2 + SIGMA_DATA**2
@@ -98,6 +93,21 @@ def _sdegen_runner():
             h = w @ h + b
             h = jax.nn.silu(h) if i < len(W) - 1 else h
         return (SIGMA_DATA**2 / s2) * x + (sigma * SIGMA_DATA / jnp.sqrt(s2)) * h
+
+    return denoiser
+
+
+def _sdegen_runner():
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    import sdegen as sg
+
+    denoiser = _jax_denoiser()
+    sde = sg.EDMSDE(T=SIGMA_MAX)
+    ts = jnp.asarray(karras(), jnp.float32)
+    names = {"dpmpp_2m": "dpmpp_2m", "euler": "euler", "heun": "edm"}
 
     def score(t, x):
         return (denoiser(x, t) - x) / t**2
@@ -118,16 +128,8 @@ def _jax_hand_runner():
     import jax
     import jax.numpy as jnp
 
-    W = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights()]
+    denoiser = _jax_denoiser()
     sig = jnp.asarray(karras(), jnp.float32)
-
-    def denoiser(x, sigma):  # as in _sdegen_runner
-        s2 = sigma**2 + SIGMA_DATA**2
-        h = jnp.concatenate([x / jnp.sqrt(s2), 0.25 * jnp.log(sigma)[None]])
-        for i, (w, b) in enumerate(W):
-            h = w @ h + b
-            h = jax.nn.silu(h) if i < len(W) - 1 else h
-        return (SIGMA_DATA**2 / s2) * x + (sigma * SIGMA_DATA / jnp.sqrt(s2)) * h
 
     def one(sampler, x):
         def body(carry, i):
