@@ -218,9 +218,9 @@ def phases(repeats: int = 3, solvers=("euler", "dpmpp_2m")) -> tuple[str, dict]:
                   "top-level equations"], rows)  # fmt: skip
     text += (f"\n\nPhases of the first call, one by one in fresh processes (median of "
              f"{repeats}, interleaved). `EQX_ON_ERROR=off` switches off equinox's "
-             "runtime checks, here sdegen's one error check of the solve (a branch with "
-             "host callbacks that the hand-written loop does not have): the difference "
-             "is what that check costs on a first call.")  # fmt: skip
+             "runtime checks and sdegen's one runtime check of the solve (a host "
+             "callback on the failure code, which the hand-written loop does not "
+             "have): the difference is what that check costs on a first call.")  # fmt: skip
     return text, {"phases": {f"{s}/{w}": rs for (s, w), rs in raw.items()}}
 
 

@@ -9,9 +9,11 @@ becomes non-finite) are raised by [`raise_if_failed`][] from the solve's statist
 
 import functools
 import math
+import os
 from typing import Any
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -370,10 +372,31 @@ def raise_failure(y: Any, failed: Any, index: Any, *, where: str,
     return _staged_error_if(y, failed, index, where, input_name)
 
 
+# equinox's setting for its runtime checks, read as equinox reads it (at import)
+_ON_ERROR = os.environ.get("EQX_ON_ERROR", "raise")
+
+
+def _raise_code(code: Any, messages: tuple[str, ...]) -> None:
+    """Host side of the staged check: raise message `code` unless it is -1."""
+    c = int(code)
+    if c >= 0:
+        raise RuntimeError(messages[c])
+
+
 @jit_when_eager
 def _staged_error_if(y, failed, index, where, input_name):
     # Compiled: under an eager `vmap` one program, not one per operation.
-    return eqx.branched_error_if(y, failed, index, _failure_messages(where, input_name))
+    messages = _failure_messages(where, input_name)
+    if _ON_ERROR != "raise":  # EQX_ON_ERROR=nan/breakpoint/off: equinox's handling
+        return eqx.branched_error_if(y, failed, index, messages)
+    # One host callback on one scalar, the largest failure code over the batch (-1:
+    # none), unconditionally: `eqx.error_if`'s conditional with two callbacks of
+    # `y`'s shape cost a first call of `sample_ode` 0.14 s of compile time against
+    # 0.09 s for this (benchmarks/bench_first_call.py's phases, EQX_ON_ERROR=off as
+    # the baseline). An effect, so it is never dead code.
+    code = eqxi.unvmap_max(lax.select(failed, index, lax.full_like(index, -1)))
+    jax.debug.callback(functools.partial(_raise_code, messages=messages), code)
+    return y
 
 
 def describe(fn_name: str, solver: Any) -> str:
