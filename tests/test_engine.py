@@ -218,3 +218,25 @@ def test_grid_brownian_path_increments():
                                diffrax.SpaceTimeLevyArea)  # fmt: skip
     inc = levy.evaluate(ts[0], ts[1], use_levy=True)
     assert isinstance(inc, diffrax.SpaceTimeLevyArea)
+
+
+def test_equinox_error_setting_is_honoured():
+    """The solve's one runtime check is a host callback by default; with
+    `EQX_ON_ERROR=nan` it is equinox's check, which returns NaN instead of raising
+    (a fresh process: equinox reads the setting at import)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp, jax.random as jr, numpy as np, sdegen as sg\n"
+        "score = lambda t, x: jnp.where(t < 0.5, jnp.nan, 1.0) * -x\n"
+        "f = jax.jit(jax.vmap(lambda k: sg.sample_ode(k, sg.VPSDE(), score, (2,), "
+        "'euler', num_steps=4)))\n"
+        "print(bool(np.all(np.isnan(np.asarray(f(jr.split(jr.key(0), 3)))))))\n"
+    )
+    env = {**os.environ, "EQX_ON_ERROR": "nan", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
