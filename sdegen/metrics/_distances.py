@@ -258,6 +258,19 @@ def frechet_distance(
 # ---------------------------------------------------------------- sample report
 
 
+def example_sets(samples: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`samples` and `data` as float64 sets of examples of one shape, `(n, *shape)` and
+    `(N, *shape)` (a `ValueError` naming both otherwise)."""
+    x = np.asarray(samples, np.float64)
+    y = np.asarray(data, np.float64)
+    if x.ndim < 2 or y.ndim < 2 or x.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            "`samples` and `data` must be sets of examples of the same shape, "
+            f"(n, *shape) and (N, *shape), got {x.shape} and {y.shape}."
+        )
+    return x, y
+
+
 def _seed(key: Any) -> int:
     """A NumPy seed from the bits of a JAX key (typed or legacy `uint32[2]`)."""
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
@@ -304,13 +317,7 @@ def sample_report(
 
     **Returns:** a dict of JSON-serialisable numbers and strings.
     """
-    x = np.asarray(samples, np.float64)
-    y = np.asarray(data, np.float64)
-    if x.ndim < 2 or y.ndim < 2 or x.shape[1:] != y.shape[1:]:
-        raise ValueError(
-            "`samples` and `data` must be sets of examples of the same shape, "
-            f"(n, *shape) and (N, *shape), got {x.shape} and {y.shape}."
-        )
+    x, y = example_sets(samples, data)
     if y.shape[0] < 4 or not np.all(np.isfinite(y)):
         raise ValueError("`data` must hold at least 4 finite examples.")
     if np.all(y == y.reshape(len(y), -1)[:1].reshape(y[:1].shape)):

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from ._distances import _features, _seed, gaussian_frechet_distance, resolve_features
+from ._distances import (
+    _features,
+    _seed,
+    example_sets,
+    gaussian_frechet_distance,
+    resolve_features,
+)
 from ._kid import _poly
 
 
@@ -121,13 +127,7 @@ def verdict(
     ($m$), `frechet_reference` ($N - m$), `frechet_splits`, `features`, `kid`,
     `kid_floor`, `kid_ci`, `verdict` (and `within_target`).
     """
-    x = np.asarray(samples, np.float64)
-    y = np.asarray(data, np.float64)
-    if x.ndim < 2 or y.ndim < 2 or x.shape[1:] != y.shape[1:]:
-        raise ValueError(
-            "`samples` and `data` must be sets of examples of the same shape, "
-            f"(n, *shape) and (N, *shape), got {x.shape} and {y.shape}."
-        )
+    x, y = example_sets(samples, data)
     if len(x) < 2 or not np.all(np.isfinite(x)):
         raise ValueError("`samples` must hold at least 2 examples, all finite.")
     if len(y) < 6 or not np.all(np.isfinite(y)):
